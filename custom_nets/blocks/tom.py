@@ -1,0 +1,144 @@
+"""Tri-oriented Mamba (ToM): three selective scans over a flattened volume, summed.
+
+Directions: ``forward`` (raster order, W fastest), ``reverse`` (that sequence flipped) and ``inter_slice``
+(depth fastest: for every in-plane position, all D slices in turn). The scans share one input and one output
+projection; each has its own causal conv1d, ``x_proj``, ``dt_proj``, ``A_log`` and ``D``. Parameter names and
+initialisation follow mamba-ssm's ``Mamba`` block, so weights move between the torch and CUDA backends as they are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import causal_conv1d, resolve_backend, selective_scan
+from ..ops.cuda_kernels import causal_conv1d_kernel
+
+__all__ = ["DirectionalScan", "TriOrientedMamba", "DIRECTIONS"]
+
+DIRECTIONS = ("forward", "reverse", "inter_slice")
+
+
+class DirectionalScan(nn.Module):
+    """The per-direction part of a Mamba block: causal depthwise conv, input-dependent (dt, B, C), selective scan.
+
+    Args:
+        d_inner: channels of the scanned sequence.
+        d_state: state size N of the SSM.
+        d_conv: kernel size of the causal depthwise conv1d.
+        dt_rank: rank of the time-step projection.
+        dt_min, dt_max, dt_init_floor: range of the initial time steps (log-uniform), as in mamba-ssm.
+        backend: selective-scan backend, ``"auto"``, ``"torch"`` or ``"cuda"``.
+    """
+
+    def __init__(
+        self,
+        d_inner: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        dt_rank: int = 1,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init_floor: float = 1e-4,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.d_state, self.dt_rank, self.backend = d_state, dt_rank, backend
+        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=True)
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+        dt_init_std = dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        with torch.no_grad():  # dt_proj.bias = softplus^-1(dt)
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        self.D = nn.Parameter(torch.ones(d_inner))
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``x``, ``z``: ``(batch, d_inner, L)`` in this direction's order. Returns ``(batch, d_inner, L)`` float32,
+        gated by ``silu(z)``."""
+        backend = resolve_backend(self.backend, x)
+        use_conv_kernel = backend == "cuda" and causal_conv1d_kernel()[0] is not None
+        x = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, use_conv_kernel)
+        dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (batch, d_inner, L); bias added in the scan
+        # The scan runs in float32 whatever autocast does: fp16 scans overflow.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return selective_scan(
+                x.float(), dt.float(), -torch.exp(self.A_log.float()),
+                B.transpose(1, 2).float(), C.transpose(1, 2).float(), self.D.float(), z.float(),
+                delta_bias=self.dt_proj.bias.float(), delta_softplus=True, backend=backend,
+            )
+
+
+def _to_order(t: torch.Tensor, direction: str, spatial: tuple[int, int, int]) -> torch.Tensor:
+    """(batch, channels, L) in raster order -> the same tokens in ``direction``'s order."""
+    if direction == "forward":
+        return t
+    if direction == "reverse":
+        return t.flip(-1)
+    depth, height, width = spatial
+    return t.reshape(*t.shape[:2], depth, height * width).transpose(2, 3).reshape(t.shape)
+
+
+def _from_order(t: torch.Tensor, direction: str, spatial: tuple[int, int, int]) -> torch.Tensor:
+    """Inverse of ``_to_order``."""
+    if direction != "inter_slice":
+        return _to_order(t, direction, spatial)
+    depth, height, width = spatial
+    return t.reshape(*t.shape[:2], height * width, depth).transpose(2, 3).reshape(t.shape)
+
+
+class TriOrientedMamba(nn.Module):
+    """ToM layer on a 3D feature map: ``x + out_proj(sum_dir scan_dir(in_proj(LayerNorm(x))))``.
+
+    The residual (on by default) gives the layer an identity path at initialisation, which keeps deep stacks of
+    ToM layers stable (SegMamba added it for that reason); ``residual=False`` returns the mixer output alone.
+
+    Args:
+        channels: C, the channels of the feature map.
+        d_state: SSM state size. d_conv: causal conv width. expand: d_inner = expand * C.
+        dt_rank: ``"auto"`` = ceil(C / 16).
+        residual: add the input to the output.
+        backend: selective-scan backend, ``"auto"``, ``"torch"`` or ``"cuda"``.
+
+    Shapes: ``(batch, C, D, H, W) -> (batch, C, D, H, W)``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        residual: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        d_inner = expand * channels
+        dt_rank = math.ceil(channels / 16) if dt_rank == "auto" else int(dt_rank)
+        self.residual = residual
+        self.norm = nn.LayerNorm(channels)
+        self.in_proj = nn.Linear(channels, 2 * d_inner, bias=False)
+        # one scan per direction, in the order of DIRECTIONS
+        self.scans = nn.ModuleList(DirectionalScan(d_inner, d_state, d_conv, dt_rank, backend=backend) for _ in DIRECTIONS)
+        self.out_proj = nn.Linear(d_inner, channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, *spatial = x.shape
+        tokens = self.norm(x.flatten(2).transpose(1, 2))  # (batch, L, C), raster order
+        xs, zs = self.in_proj(tokens).transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, L) each
+        mixed = sum(
+            _from_order(scan(_to_order(xs, name, spatial), _to_order(zs, name, spatial)), name, spatial)
+            for name, scan in zip(DIRECTIONS, self.scans)
+        )
+        out = self.out_proj(mixed.transpose(1, 2).to(tokens.dtype)).transpose(1, 2).reshape(x.shape)
+        return x + out if self.residual else out

@@ -1,0 +1,5 @@
+"""Networks of this project."""
+
+from .segresmamba import SegResMamba
+
+__all__ = ["SegResMamba"]

@@ -1,0 +1,119 @@
+"""SegResMamba (arXiv 2503.07766): CNN-Mamba encoder, light sum-skip decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..blocks import TOM_POSITIONS, ConvMambaMixedBlock, DecoderStage, Downsample, SkipMLP
+
+__all__ = ["SegResMamba"]
+
+
+class SegResMamba(nn.Module):
+    """SegResMamba for 3D segmentation.
+
+    Encoder: stem conv 7x7x7 stride 2 -> CMMB (stage 0, width F); stages 1-3: ``Downsample`` (width x2, size /2)
+    -> CMMB. Every stage output goes through a ``SkipMLP``. Decoder: from the deepest MLP output, three
+    ``DecoderStage`` (halve channels, trilinear x2, fuse the skip, residual block), then a transposed conv
+    (kernel 2, stride 2) to ``out_channels`` at the input resolution. Widths are F x (1, 2, 4, 8).
+
+    Any input size works: the network pads each spatial dimension at its end with zeros up to a multiple of 32
+    (the deepest CMMB works at 1/32 of the input), and to at least 64 (so that instance norms at that depth see
+    more than one voxel), then crops the output back: the output always has the input's spatial size. ToM
+    scans follow the real (padded) size of every feature map.
+
+    Args:
+        spatial_dims: must be 3.
+        in_channels: input channels (image modalities).
+        out_channels: output channels (classes, or one per sigmoid region).
+        feature_size: F, width of the first stage; a multiple of ``norm_groups``.
+        skip_fusion: ``"sum"`` (the paper) or ``"concat"``.
+        use_tom: False removes every ToM layer (the paper's "without ToM" ablation).
+        tom_positions: ToM layers that run inside each CMMB, a subset of ``("half", "full")``.
+        tom_residual: residual connection around each ToM layer.
+        d_state, d_conv, expand: Mamba settings (16, 4, 2 in the paper).
+        scan_backend: ``"auto"``, ``"torch"`` or ``"cuda"`` (see ``custom_nets.selective_scan``).
+        checkpointing: recompute each encoder stage in the backward pass instead of keeping its activations.
+        norm_groups: GroupNorm groups in the decoder.
+
+    Shapes: ``(batch, in_channels, D, H, W) -> (batch, out_channels, D, H, W)``.
+    """
+
+    size_divisor = 32
+    min_size = 64
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        feature_size: int = 48,
+        skip_fusion: str = "sum",
+        use_tom: bool = True,
+        tom_positions: Sequence[str] = TOM_POSITIONS,
+        tom_residual: bool = True,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        scan_backend: str = "auto",
+        checkpointing: bool = False,
+        norm_groups: int = 8,
+    ) -> None:
+        super().__init__()
+        if spatial_dims != 3:
+            raise ValueError(f"SegResMamba is a 3D network: spatial_dims must be 3, got {spatial_dims}")
+        if feature_size % norm_groups:
+            raise ValueError(f"feature_size ({feature_size}) must be a multiple of norm_groups ({norm_groups})")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.checkpointing = checkpointing
+        widths = [feature_size * 2**i for i in range(4)]
+        tom_kwargs = dict(
+            tom_positions=tuple(tom_positions) if use_tom else (), residual=tom_residual, d_state=d_state,
+            d_conv=d_conv, expand=expand, backend=scan_backend,
+        )
+        self.stem = nn.Conv3d(in_channels, widths[0], kernel_size=7, stride=2, padding=3)
+        self.downsamples = nn.ModuleList([Downsample(3, width) for width in widths[:-1]])
+        self.stages = nn.ModuleList([ConvMambaMixedBlock(3, width, **tom_kwargs) for width in widths])
+        self.skips = nn.ModuleList([SkipMLP(3, width) for width in widths])
+        self.decoder = nn.ModuleList(
+            [DecoderStage(3, width, skip_fusion, norm_groups) for width in reversed(widths[1:])]
+        )
+        self.head = nn.ConvTranspose3d(widths[0], out_channels, kernel_size=2, stride=2)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 5:
+            raise ValueError(
+                f"SegResMamba expects a 5D tensor (batch, {self.in_channels}, D, H, W), got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"SegResMamba expects {self.in_channels} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})"
+            )
+
+    def _run_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        stage = self.stages[index]
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        size = x.shape[2:]
+        padding = [max(self.min_size, n + (-n) % self.size_divisor) - n for n in size]
+        if any(padding):
+            x = F.pad(x, [p for extra in reversed(padding) for p in (0, extra)])
+        features = self._run_stage(0, self.stem(x))
+        skips = [self.skips[0](features)]
+        for index, downsample in enumerate(self.downsamples, start=1):
+            features = self._run_stage(index, downsample(features))
+            skips.append(self.skips[index](features))
+        y = skips.pop()
+        for stage in self.decoder:
+            y = stage(y, skips.pop())
+        y = self.head(y)
+        return y[(..., *(slice(0, n) for n in size))]

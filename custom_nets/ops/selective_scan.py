@@ -1,0 +1,339 @@
+"""The selective scan of Mamba (S6), with a pure-PyTorch backend and the mamba-ssm CUDA kernel.
+
+Semantics are those of mamba-ssm's ``selective_scan_fn``::
+
+    dt  = softplus(delta + delta_bias)          (bias and softplus optional)
+    h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t
+    y_t = <C_t, h_t> + D * u_t
+    out = y * silu(z)                           (D and z optional)
+
+Backends:
+    ``"torch"``: a chunked parallel scan in plain PyTorch (CPU and CUDA). Inside a chunk the recurrence is
+    solved in closed form with cumulative sums in log space; chunks are chained by their boundary states. The
+    backward pass recomputes each chunk, so what is kept for backward is the inputs plus one state per chunk,
+    never a ``batch x d_inner x L x d_state`` tensor.
+    ``"cuda"``: mamba-ssm's fused kernel (``selective_scan_cuda``), for CUDA tensors when it is installed.
+    ``"auto"``: ``"cuda"`` when it can run, else ``"torch"``. The environment variable
+    ``SEGRESMAMBA_SCAN_BACKEND`` (``torch`` or ``cuda``) forces a backend wherever ``"auto"`` is asked for.
+
+The torch backend computes in float32 (float64 inputs stay float64); outputs have ``u``'s dtype.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from .cuda_kernels import selective_scan_kernel
+
+__all__ = ["BACKEND_ENV", "BACKENDS", "resolve_backend", "selective_scan"]
+
+BACKEND_ENV = "SEGRESMAMBA_SCAN_BACKEND"
+BACKENDS = ("auto", "torch", "cuda")
+
+# Elements of one (batch, d_inner, chunk, d_state) block: sets the longest chunk, so that a chunk's working set
+# stays in cache whatever d_inner is.
+CHUNK_ELEMENTS = 1 << 18
+MIN_CHUNK, MAX_CHUNK = 16, 256
+# Largest decay sum |sum dt * A| allowed inside one chunk, so that exp(+-sum) stays finite and normal.
+MAX_LOG_DECAY = {torch.float32: 60.0, torch.float64: 600.0}
+
+
+def resolve_backend(backend: str, u: torch.Tensor) -> str:
+    """The backend that runs for ``backend`` on tensors like ``u``: ``"torch"`` or ``"cuda"``.
+
+    Raises:
+        ValueError: ``backend`` (or the environment variable) is not one of ``auto``, ``torch``, ``cuda``.
+        RuntimeError: ``"cuda"`` was asked for where it cannot run (CPU tensors, kernel not importable).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"scan backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        forced = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+        if forced not in BACKENDS:
+            raise ValueError(f"{BACKEND_ENV} must be one of {BACKENDS}, got {forced!r}")
+        backend = forced
+    if backend == "auto":
+        return "cuda" if u.is_cuda and selective_scan_kernel()[0] is not None else "torch"
+    if backend == "cuda":
+        if not u.is_cuda:
+            raise RuntimeError(f"scan backend 'cuda' needs CUDA tensors, got tensors on {u.device}")
+        kernel, reason = selective_scan_kernel()
+        if kernel is None:
+            raise RuntimeError(
+                "scan backend 'cuda' needs mamba-ssm's compiled kernel (pip install '.[cuda]'), "
+                f"which did not import: {reason}"
+            )
+    return backend
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    backend: str = "auto",
+):
+    """Selective scan with mamba-ssm's ``selective_scan_fn`` signature.
+
+    Args:
+        u: input, ``(batch, d_inner, L)``.
+        delta: time steps before bias and softplus, ``(batch, d_inner, L)``.
+        A: state matrix (real, normally negative), ``(d_inner, d_state)``.
+        B: input matrix, ``(batch, d_state, L)`` or grouped ``(batch, groups, d_state, L)``.
+        C: output matrix, same layouts as ``B``.
+        D: skip weight, ``(d_inner,)``.
+        z: gate, ``(batch, d_inner, L)``; the output is multiplied by ``silu(z)``.
+        delta_bias: added to ``delta``, ``(d_inner,)``.
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+        return_last_state: also return the state after the last step, ``(batch, d_inner, d_state)``.
+        backend: ``"auto"``, ``"torch"`` or ``"cuda"`` (see the module docstring).
+
+    Returns:
+        ``(batch, d_inner, L)`` in ``u``'s dtype, and the last state if asked for.
+    """
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    if u.device.type == "meta":  # shape propagation only (model summaries)
+        out = torch.empty_like(u)
+        return (out, u.new_empty(u.shape[0], A.shape[0], A.shape[1])) if return_last_state else out
+    if resolve_backend(backend, u) == "cuda":
+        return _CudaSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    out, last_state = _ChunkedSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return (out, last_state) if return_last_state else out
+
+
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"u must be (batch, d_inner, L), got shape {tuple(u.shape)}")
+    batch, d_inner, length = u.shape
+    if A.dim() != 2 or A.shape[0] != d_inner:
+        raise ValueError(f"A must be (d_inner={d_inner}, d_state), got shape {tuple(A.shape)}")
+    if A.is_complex():
+        raise ValueError("complex A is not supported")
+    d_state = A.shape[1]
+    expected = {"delta": (batch, d_inner, length), "z": (batch, d_inner, length), "D": (d_inner,),
+                "delta_bias": (d_inner,)}
+    for name, tensor in (("delta", delta), ("z", z), ("D", D), ("delta_bias", delta_bias)):
+        if tensor is not None and tuple(tensor.shape) != expected[name]:
+            raise ValueError(f"{name} must have shape {expected[name]}, got {tuple(tensor.shape)}")
+    for name, tensor in (("B", B), ("C", C)):
+        grouped = tensor.dim() == 4
+        if tensor.dim() not in (3, 4) or tensor.shape[0] != batch or tensor.shape[-2:] != (d_state, length):
+            raise ValueError(
+                f"{name} must be (batch={batch}, d_state={d_state}, L={length}) or "
+                f"(batch, groups, d_state, L), got shape {tuple(tensor.shape)}"
+            )
+        if grouped and d_inner % tensor.shape[1]:
+            raise ValueError(f"{name} has {tensor.shape[1]} groups, which do not divide d_inner={d_inner}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# torch backend
+
+
+def _as_groups(t: torch.Tensor) -> torch.Tensor:
+    """B or C as (batch, groups, d_state, L)."""
+    return t.unsqueeze(1) if t.dim() == 3 else t
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _to_time_major(t: torch.Tensor | None, groups: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """(batch, d_inner, L) -> contiguous (batch, groups, L, d_inner // groups): a chunk is then one memory block."""
+    if t is None:
+        return None
+    batch, d_inner, length = t.shape
+    return t.to(dtype).reshape(batch, groups, d_inner // groups, length).transpose(2, 3).contiguous()
+
+
+def _from_time_major(t: torch.Tensor) -> torch.Tensor:
+    """(batch, groups, L, d_inner // groups) -> (batch, d_inner, L)."""
+    batch, groups, length, per_group = t.shape
+    return t.transpose(2, 3).reshape(batch, groups * per_group, length)
+
+
+def _per_group(t: torch.Tensor | None, groups: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """(d_inner, ...) -> (groups, 1, d_inner // groups, ...), broadcastable against time-major tensors."""
+    return None if t is None else t.to(dtype).reshape(groups, 1, -1, *t.shape[1:])
+
+
+def _time_step(delta, delta_bias, softplus: bool) -> torch.Tensor:
+    dt = delta if delta_bias is None else delta + delta_bias
+    return F.softplus(dt) if softplus else dt
+
+
+def _finish(y, u, D, z):
+    """Skip term and gate: ``(y + D u) * silu(z)``."""
+    if D is not None:
+        y = y + u * D
+    return y if z is None else y * F.silu(z)
+
+
+def _scan_chunk(dt, u, A, B, C, h0, lower_ones):
+    """The recurrence over one chunk in closed form (differentiable), from state ``h0``.
+
+    With ``E_t = exp(A * sum(dt[1..t]))``, the decay after the chunk's first step,
+    ``h_t = E_t * (exp(A * dt_0) * h0 + sum_{s<=t} dt_s B_s u_s / E_s)``. ``_chunk_bounds`` keeps
+    ``|A * sum(dt[1..t])|`` under ``MAX_LOG_DECAY`` so that ``1 / E_s`` stays finite. The prefix sum is a
+    product with a lower-triangular matrix of ones: on CPU this beats ``cumsum`` over a middle dimension.
+
+    Shapes (time-major): ``dt, u`` (b, g, T, dg); ``A`` (g, 1, dg, N); ``B, C`` (b, g, T, N);
+    ``h0`` (b, g, dg, N); ``lower_ones`` (T, T). Returns ``y`` (b, g, T, dg) and the state after the chunk.
+    """
+    batch, groups, length, per_group = dt.shape
+    decay = torch.exp((dt.cumsum(2) - dt[:, :, :1]).unsqueeze(-1) * A)  # (b, g, T, dg, N)
+    scaled = (dt * u).unsqueeze(-1) * B.unsqueeze(3) / decay
+    scaled[:, :, 0] += torch.exp(dt[:, :, 0].unsqueeze(-1) * A[:, 0]) * h0
+    prefix = torch.matmul(lower_ones, scaled.reshape(batch, groups, length, -1)).reshape(scaled.shape)
+    states = decay * prefix  # h_t for every step of the chunk
+    y = torch.matmul(states, C.unsqueeze(-1)).squeeze(-1)
+    return y, states[:, :, -1]
+
+
+@torch.no_grad()
+def _chunk_bounds(dt: torch.Tensor, A: torch.Tensor) -> list[int]:
+    """Chunk edges ``[0, e1, ..., L]`` for time-major ``dt`` (b, g, L, dg) and grouped ``A`` (g, 1, dg, N).
+
+    Chunks are at most ``CHUNK_ELEMENTS / (batch * d_inner * d_state)`` steps long (in [MIN_CHUNK, MAX_CHUNK])
+    and end earlier where a decay sum ``|A * sum(dt[s+1..t])|`` of any batch item and channel would pass
+    ``MAX_LOG_DECAY``.
+    """
+    batch, groups, length, per_group = dt.shape
+    d_state = A.shape[-1]
+    max_len = max(MIN_CHUNK, min(MAX_CHUNK, CHUNK_ELEMENTS // (batch * groups * per_group * d_state)))
+    rate = dt * A.abs().amax(dim=-1)  # (b, g, L, dg): fastest decay of each channel at each step
+    cum = rate.permute(0, 1, 3, 2).reshape(-1, length).cumsum(-1).contiguous()  # non-decreasing rows
+    limit = MAX_LOG_DECAY[dt.dtype]
+    bounds, start = [0], 0
+    while start < length:
+        # The first step of a chunk is left out of its decay sums (see _scan_chunk), so any step fits.
+        reach = int(torch.searchsorted(cum, cum[:, start : start + 1] + limit, right=True).min())
+        end = min(max(reach, start + 1), start + max_len, length)
+        bounds.append(end)
+        start = end
+    return bounds
+
+
+def _lower_ones(bounds: list[int], like: torch.Tensor) -> torch.Tensor:
+    size = max(end - start for start, end in zip(bounds[:-1], bounds[1:]))
+    return torch.ones(size, size, dtype=like.dtype, device=like.device).tril()
+
+
+class _ChunkedSelectiveScan(torch.autograd.Function):
+    """Chunked scan; saves the inputs and one state per chunk, and recomputes each chunk in backward."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        dtype = _compute_dtype(u)
+        B_, C_ = _as_groups(B), _as_groups(C)
+        groups = B_.shape[1]
+        u_, delta_, z_ = (_to_time_major(t, groups, dtype) for t in (u, delta, z))
+        B_, C_ = (t.to(dtype).transpose(2, 3).contiguous() for t in (B_, C_))  # (b, g, L, N)
+        A_, D_, bias_ = (_per_group(t, groups, dtype) for t in (A, D, delta_bias))
+        dt = _time_step(delta_, bias_, delta_softplus)
+        bounds = _chunk_bounds(dt, A_)
+        lower_ones = _lower_ones(bounds, dt)
+        y = torch.empty_like(u_)
+        h = u_.new_zeros(*u_.shape[:2], u_.shape[3], A.shape[1])
+        chunk_states = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            chunk_states.append(h)
+            w, n = slice(start, end), end - start
+            y[:, :, w], h = _scan_chunk(dt[:, :, w], u_[:, :, w], A_, B_[:, :, w], C_[:, :, w], h, lower_ones[:n, :n])
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, torch.stack(chunk_states))
+        ctx.bounds = bounds
+        ctx.delta_softplus = delta_softplus
+        out = _from_time_major(_finish(y, u_, D_, z_))
+        return out.to(u.dtype), h.reshape(u.shape[0], u.shape[1], -1).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_last_state):
+        u, delta, A, B, C, D, z, delta_bias, chunk_states = ctx.saved_tensors
+        dtype = _compute_dtype(u)
+        groups = _as_groups(B).shape[1]
+        sequences = [_to_time_major(t, groups, dtype) for t in (u, delta, z)]
+        sequences += [_as_groups(t).to(dtype).transpose(2, 3).contiguous() for t in (B, C)]
+        params = [None if t is None else _per_group(t, groups, dtype).requires_grad_() for t in (A, D, delta_bias)]
+        grad_sequences = [None if t is None else torch.empty_like(t) for t in sequences]
+        grad_params = [None if t is None else torch.zeros_like(t) for t in params]
+        grad_out = _to_time_major(grad_out, groups, dtype)
+        grad_h = torch.zeros_like(chunk_states[0]) if grad_last_state is None else (
+            grad_last_state.to(dtype).reshape(chunk_states[0].shape)
+        )
+        bounds = ctx.bounds
+        lower_ones = _lower_ones(bounds, grad_out)
+        for index in reversed(range(len(bounds) - 1)):
+            w, n = slice(bounds[index], bounds[index + 1]), bounds[index + 1] - bounds[index]
+            with torch.enable_grad():
+                pieces = [None if t is None else t[:, :, w].detach().requires_grad_() for t in sequences]
+                h0 = chunk_states[index].to(dtype).requires_grad_()
+                u_c, delta_c, z_c, B_c, C_c = pieces
+                A_, D_, bias_ = params
+                dt = _time_step(delta_c, bias_, ctx.delta_softplus)
+                y, h_end = _scan_chunk(dt, u_c, A_, B_c, C_c, h0, lower_ones[:n, :n])
+                out = _finish(y, u_c, D_, z_c)
+                leaves = [t for t in pieces + params + [h0] if t is not None]
+                grads = iter(torch.autograd.grad((out, h_end), leaves, (grad_out[:, :, w], grad_h)))
+            for target, piece in zip(grad_sequences, pieces):
+                if piece is not None:
+                    target[:, :, w] = next(grads)
+            for target, param in zip(grad_params, params):
+                if param is not None:
+                    target += next(grads)
+            grad_h = next(grads)
+        du, ddelta, dz, dB, dC = grad_sequences
+        du, ddelta, dz = (None if g is None else _from_time_major(g) for g in (du, ddelta, dz))
+        dB, dC = (g.transpose(2, 3) if t.dim() == 4 else g.transpose(2, 3).squeeze(1) for g, t in ((dB, B), (dC, C)))
+        dA, dD, dbias = (None if g is None else g.reshape(-1, *g.shape[3:]) for g in grad_params)
+        originals = (u, delta, A, B, C, D, z, delta_bias)
+        grads_in = (du, ddelta, dA, dB, dC, dD, dz, dbias)
+        return (*(None if g is None else g.to(t.dtype) for g, t in zip(grads_in, originals)), None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CUDA backend (mamba-ssm's kernel)
+
+
+class _CudaSelectiveScan(torch.autograd.Function):
+    """mamba-ssm's fused kernel. As in mamba-ssm, no gradient flows back through the returned last state."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        kernel = selective_scan_kernel()[0]
+        ctx.ungroup = B.dim() == 3, C.dim() == 3
+        u, delta, B, C = (t.contiguous() for t in (u, delta, _as_groups(B), _as_groups(C)))
+        D, z = (None if t is None else t.contiguous() for t in (D, z))
+        out, checkpoints, *rest = kernel.fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        ctx.delta_softplus = delta_softplus
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, checkpoints, out if z is not None else None)
+        result = rest[0] if z is not None else out
+        if return_last_state:
+            return result, checkpoints[:, :, -1, 1::2]  # the kernel keeps (re, im) pairs per state
+        return result
+
+    @staticmethod
+    def backward(ctx, grad_out, *unused):
+        u, delta, A, B, C, D, z, delta_bias, checkpoints, out = ctx.saved_tensors
+        du, ddelta, dA, dB, dC, dD, ddelta_bias, *rest = selective_scan_kernel()[0].bwd(
+            u, delta, A, B, C, D, z, delta_bias, grad_out.contiguous(), checkpoints, out, None,
+            ctx.delta_softplus, False,
+        )
+        dB = dB.squeeze(1) if ctx.ungroup[0] else dB
+        dC = dC.squeeze(1) if ctx.ungroup[1] else dC
+        return (
+            du, ddelta, dA, dB, dC,
+            dD if D is not None else None,
+            rest[0] if z is not None else None,
+            ddelta_bias if delta_bias is not None else None,
+            None, None,
+        )
