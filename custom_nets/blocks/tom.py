@@ -70,7 +70,8 @@ class DirectionalScan(nn.Module):
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (batch, d_inner, L); bias added in the scan
         # The scan runs in float32 whatever autocast does: fp16 scans overflow.
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        device_type = x.device.type if torch.amp.is_autocast_available(x.device.type) else "cpu"
+        with torch.autocast(device_type=device_type, enabled=False):
             return selective_scan(
                 x.float(), dt.float(), -torch.exp(self.A_log.float()),
                 B.transpose(1, 2).float(), C.transpose(1, 2).float(), self.D.float(), z.float(),

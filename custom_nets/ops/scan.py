@@ -8,10 +8,11 @@ Semantics are those of mamba-ssm's ``selective_scan_fn``::
     out = y * silu(z)                           (D and z optional)
 
 Backends:
-    ``"torch"``: a chunked parallel scan in plain PyTorch (CPU and CUDA). Inside a chunk the recurrence is
-    solved in closed form with cumulative sums in log space; chunks are chained by their boundary states. The
-    backward pass recomputes each chunk, so what is kept for backward is the inputs plus one state per chunk,
-    never a ``batch x d_inner x L x d_state`` tensor.
+    ``"torch"``: a chunked parallel scan in plain PyTorch (CPU and CUDA). The sequence is cut into segments
+    that fit a memory budget, and each segment into short chunks. Inside a chunk the recurrence is solved in
+    closed form in log space, all chunks of a segment at once; chunks are chained by their boundary states, and
+    segments one after another. The backward pass recomputes each segment, so what is kept for backward is the
+    inputs plus one state per segment, never a ``batch x d_inner x L x d_state`` tensor.
     ``"cuda"``: mamba-ssm's fused kernel (``selective_scan_cuda``), for CUDA tensors when it is installed.
     ``"auto"``: ``"cuda"`` when it can run, else ``"torch"``. The environment variable
     ``SEGRESMAMBA_SCAN_BACKEND`` (``torch`` or ``cuda``) forces a backend wherever ``"auto"`` is asked for.
@@ -33,10 +34,11 @@ __all__ = ["BACKEND_ENV", "BACKENDS", "resolve_backend", "selective_scan"]
 BACKEND_ENV = "SEGRESMAMBA_SCAN_BACKEND"
 BACKENDS = ("auto", "torch", "cuda")
 
-# Elements of one (batch, d_inner, chunk, d_state) block: sets the longest chunk, so that a chunk's working set
-# stays in cache whatever d_inner is.
-CHUNK_ELEMENTS = 1 << 18
-MIN_CHUNK, MAX_CHUNK = 16, 256
+# Elements of one (batch, d_inner, segment, d_state) tensor: bounds the memory a segment takes, forward and
+# backward, whatever d_inner and L are.
+SEGMENT_ELEMENTS = 1 << 21
+# Longest chunk: the prefix sum inside a chunk costs MAX_CHUNK multiply-adds per element.
+MAX_CHUNK = 32
 # Largest decay sum |sum dt * A| allowed inside one chunk, so that exp(+-sum) stays finite and normal.
 MAX_LOG_DECAY = {torch.float32: 60.0, torch.float64: 600.0}
 
@@ -179,58 +181,68 @@ def _finish(y, u, D, z):
     return y if z is None else y * F.silu(z)
 
 
-def _scan_chunk(dt, u, A, B, C, h0, lower_ones):
-    """The recurrence over one chunk in closed form (differentiable), from state ``h0``.
+def _scan_segment(dt, u, A, B, C, h0, chunk: int):
+    """The recurrence over one segment, from state ``h0``, in closed form per chunk (differentiable).
 
-    With ``E_t = exp(A * sum(dt[1..t]))``, the decay after the chunk's first step,
-    ``h_t = E_t * (exp(A * dt_0) * h0 + sum_{s<=t} dt_s B_s u_s / E_s)``. ``_chunk_bounds`` keeps
-    ``|A * sum(dt[1..t])|`` under ``MAX_LOG_DECAY`` so that ``1 / E_s`` stays finite. The prefix sum is a
-    product with a lower-triangular matrix of ones: on CPU this beats ``cumsum`` over a middle dimension.
+    Inside a chunk, with ``E_t = exp(A * sum(dt[1..t]))`` the decay after the chunk's first step,
+    ``h_t = E_t * (exp(A * dt_0) * h_in + sum_{s<=t} dt_s B_s u_s / E_s)``; ``_plan`` keeps
+    ``|A * sum(dt[1..t])|`` under ``MAX_LOG_DECAY`` so that ``1 / E_s`` stays finite. All chunks of the segment
+    are computed at once; only the states entering the chunks are chained one chunk at a time. The prefix sum is
+    a product with a lower-triangular matrix of ones, which beats ``cumsum`` over a middle dimension on CPU.
 
-    Shapes (time-major): ``dt, u`` (b, g, T, dg); ``A`` (g, 1, dg, N); ``B, C`` (b, g, T, N);
-    ``h0`` (b, g, dg, N); ``lower_ones`` (T, T). Returns ``y`` (b, g, T, dg) and the state after the chunk.
-    """
-    batch, groups, length, per_group = dt.shape
-    decay = torch.exp((dt.cumsum(2) - dt[:, :, :1]).unsqueeze(-1) * A)  # (b, g, T, dg, N)
-    scaled = (dt * u).unsqueeze(-1) * B.unsqueeze(3) / decay
-    scaled[:, :, 0] += torch.exp(dt[:, :, 0].unsqueeze(-1) * A[:, 0]) * h0
-    prefix = torch.matmul(lower_ones, scaled.reshape(batch, groups, length, -1)).reshape(scaled.shape)
-    states = decay * prefix  # h_t for every step of the chunk
-    y = torch.matmul(states, C.unsqueeze(-1)).squeeze(-1)
-    return y, states[:, :, -1]
-
-
-@torch.no_grad()
-def _chunk_bounds(dt: torch.Tensor, A: torch.Tensor) -> list[int]:
-    """Chunk edges ``[0, e1, ..., L]`` for time-major ``dt`` (b, g, L, dg) and grouped ``A`` (g, 1, dg, N).
-
-    Chunks are at most ``CHUNK_ELEMENTS / (batch * d_inner * d_state)`` steps long (in [MIN_CHUNK, MAX_CHUNK])
-    and end earlier where a decay sum ``|A * sum(dt[s+1..t])|`` of any batch item and channel would pass
-    ``MAX_LOG_DECAY``.
+    Shapes (time-major): ``dt, u`` (b, g, S, dg); ``A`` (g, 1, dg, N); ``B, C`` (b, g, S, N);
+    ``h0`` (b, g, dg, N). Returns ``y`` (b, g, S, dg) and the state after the segment.
     """
     batch, groups, length, per_group = dt.shape
     d_state = A.shape[-1]
-    max_len = max(MIN_CHUNK, min(MAX_CHUNK, CHUNK_ELEMENTS // (batch * groups * per_group * d_state)))
-    rate = dt * A.abs().amax(dim=-1)  # (b, g, L, dg): fastest decay of each channel at each step
-    cum = rate.permute(0, 1, 3, 2).reshape(-1, length).cumsum(-1).contiguous()  # non-decreasing rows
+    padding = (-length) % chunk  # zero steps: no decay, no input, so the last state passes through unchanged
+    if padding:
+        dt, u, B, C = (F.pad(t, (0, 0, 0, padding)) for t in (dt, u, B, C))
+    chunks = (length + padding) // chunk
+    dt, u = (t.reshape(batch, groups, chunks, chunk, per_group) for t in (dt, u))
+    B, C = (t.reshape(batch, groups, chunks, chunk, d_state) for t in (B, C))
+    A = A.unsqueeze(1)  # (g, 1, 1, dg, N)
+
+    decay = torch.exp((dt.cumsum(3) - dt[:, :, :, :1]).unsqueeze(-1) * A)  # E_t: (b, g, K, T, dg, N)
+    scaled = (dt * u).unsqueeze(-1) * B.unsqueeze(4) / decay
+    first_decay = torch.exp(dt[:, :, :, 0].unsqueeze(-1) * A[:, :, 0])  # (b, g, K, dg, N)
+    chunk_decay = first_decay * decay[:, :, :, -1]
+    local_end = decay[:, :, :, -1] * scaled.sum(3)  # state at each chunk's end, from a zero start
+    entering, h = [], h0
+    for k in range(chunks):
+        entering.append(h)
+        h = chunk_decay[:, :, k] * h + local_end[:, :, k]
+    scaled[:, :, :, 0] += first_decay * torch.stack(entering, dim=2)
+    lower_ones = torch.ones(chunk, chunk, dtype=dt.dtype, device=dt.device).tril()
+    states = decay * torch.matmul(lower_ones, scaled.flatten(4)).reshape(scaled.shape)  # h_t at every step
+    y = torch.matmul(states, C.unsqueeze(-1)).reshape(batch, groups, chunks * chunk, per_group)
+    return y[:, :, :length], h
+
+
+@torch.no_grad()
+def _plan(dt: torch.Tensor, A: torch.Tensor) -> list[tuple[int, int, int]]:
+    """Segments ``(start, end, chunk length)`` for time-major ``dt`` (b, g, L, dg) and grouped ``A``.
+
+    A segment holds about ``SEGMENT_ELEMENTS`` state elements. Its chunk length is the longest (up to
+    ``MAX_CHUNK``) for which the decay sum over a chunk's steps after the first cannot pass ``MAX_LOG_DECAY``,
+    given the segment's fastest decay per step; so a burst of large time steps shortens the chunks of its
+    segment only.
+    """
+    batch, groups, length, per_group = dt.shape
+    segment = max(MAX_CHUNK, SEGMENT_ELEMENTS // (batch * groups * per_group * A.shape[-1]))
+    rate = (dt * A.abs().amax(dim=-1)).amax(dim=(0, 1, 3))  # (L,): fastest decay at each step
     limit = MAX_LOG_DECAY[dt.dtype]
-    bounds, start = [0], 0
-    while start < length:
-        # The first step of a chunk is left out of its decay sums (see _scan_chunk), so any step fits.
-        reach = int(torch.searchsorted(cum, cum[:, start : start + 1] + limit, right=True).min())
-        end = min(max(reach, start + 1), start + max_len, length)
-        bounds.append(end)
-        start = end
-    return bounds
-
-
-def _lower_ones(bounds: list[int], like: torch.Tensor) -> torch.Tensor:
-    size = max(end - start for start, end in zip(bounds[:-1], bounds[1:]))
-    return torch.ones(size, size, dtype=like.dtype, device=like.device).tril()
+    plan = []
+    for start in range(0, length, segment):
+        end = min(start + segment, length)
+        fastest = float(rate[start:end].max())
+        chunk = MAX_CHUNK if fastest * (MAX_CHUNK - 1) <= limit else int(limit // fastest) + 1
+        plan.append((start, end, min(chunk, end - start)))
+    return plan
 
 
 class _ChunkedSelectiveScan(torch.autograd.Function):
-    """Chunked scan; saves the inputs and one state per chunk, and recomputes each chunk in backward."""
+    """Chunked scan; saves the inputs and one state per segment, and recomputes each segment in backward."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
@@ -241,24 +253,23 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         B_, C_ = (t.to(dtype).transpose(2, 3).contiguous() for t in (B_, C_))  # (b, g, L, N)
         A_, D_, bias_ = (_per_group(t, groups, dtype) for t in (A, D, delta_bias))
         dt = _time_step(delta_, bias_, delta_softplus)
-        bounds = _chunk_bounds(dt, A_)
-        lower_ones = _lower_ones(bounds, dt)
+        plan = _plan(dt, A_)
         y = torch.empty_like(u_)
         h = u_.new_zeros(*u_.shape[:2], u_.shape[3], A.shape[1])
-        chunk_states = []
-        for start, end in zip(bounds[:-1], bounds[1:]):
-            chunk_states.append(h)
-            w, n = slice(start, end), end - start
-            y[:, :, w], h = _scan_chunk(dt[:, :, w], u_[:, :, w], A_, B_[:, :, w], C_[:, :, w], h, lower_ones[:n, :n])
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, torch.stack(chunk_states))
-        ctx.bounds = bounds
+        segment_states = []
+        for start, end, chunk in plan:
+            segment_states.append(h)
+            w = slice(start, end)
+            y[:, :, w], h = _scan_segment(dt[:, :, w], u_[:, :, w], A_, B_[:, :, w], C_[:, :, w], h, chunk)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, torch.stack(segment_states))
+        ctx.plan = plan
         ctx.delta_softplus = delta_softplus
         out = _from_time_major(_finish(y, u_, D_, z_))
         return out.to(u.dtype), h.reshape(u.shape[0], u.shape[1], -1).to(u.dtype)
 
     @staticmethod
     def backward(ctx, grad_out, grad_last_state):
-        u, delta, A, B, C, D, z, delta_bias, chunk_states = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, segment_states = ctx.saved_tensors
         dtype = _compute_dtype(u)
         groups = _as_groups(B).shape[1]
         sequences = [_to_time_major(t, groups, dtype) for t in (u, delta, z)]
@@ -267,20 +278,19 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         grad_sequences = [None if t is None else torch.empty_like(t) for t in sequences]
         grad_params = [None if t is None else torch.zeros_like(t) for t in params]
         grad_out = _to_time_major(grad_out, groups, dtype)
-        grad_h = torch.zeros_like(chunk_states[0]) if grad_last_state is None else (
-            grad_last_state.to(dtype).reshape(chunk_states[0].shape)
+        grad_h = torch.zeros_like(segment_states[0]) if grad_last_state is None else (
+            grad_last_state.to(dtype).reshape(segment_states[0].shape)
         )
-        bounds = ctx.bounds
-        lower_ones = _lower_ones(bounds, grad_out)
-        for index in reversed(range(len(bounds) - 1)):
-            w, n = slice(bounds[index], bounds[index + 1]), bounds[index + 1] - bounds[index]
+        for index in reversed(range(len(ctx.plan))):
+            start, end, chunk = ctx.plan[index]
+            w = slice(start, end)
             with torch.enable_grad():
                 pieces = [None if t is None else t[:, :, w].detach().requires_grad_() for t in sequences]
-                h0 = chunk_states[index].to(dtype).requires_grad_()
+                h0 = segment_states[index].to(dtype).requires_grad_()
                 u_c, delta_c, z_c, B_c, C_c = pieces
                 A_, D_, bias_ = params
                 dt = _time_step(delta_c, bias_, ctx.delta_softplus)
-                y, h_end = _scan_chunk(dt, u_c, A_, B_c, C_c, h0, lower_ones[:n, :n])
+                y, h_end = _scan_segment(dt, u_c, A_, B_c, C_c, h0, chunk)
                 out = _finish(y, u_c, D_, z_c)
                 leaves = [t for t in pieces + params + [h0] if t is not None]
                 grads = iter(torch.autograd.grad((out, h_end), leaves, (grad_out[:, :, w], grad_h)))

@@ -1,0 +1,1 @@
+"""Runnable demonstrations on the sample case shipped in ``data/``."""

@@ -1,0 +1,177 @@
+"""The torch selective scan against a step-by-step reference; backend selection; the CUDA kernel where present."""
+
+import pytest
+import torch
+
+import custom_nets.ops.scan as scan_module
+from custom_nets import selective_scan
+from custom_nets.ops import BACKEND_ENV
+from ssm_reference import selective_scan_stepwise
+
+
+def make_inputs(batch=2, d_inner=6, d_state=4, length=23, groups=None, dtype=torch.float64, device="cpu", seed=0):
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=generator, dtype=dtype) * scale).to(device)
+
+    bc_shape = (batch, d_state, length) if groups is None else (batch, groups, d_state, length)
+    return dict(
+        u=randn(batch, d_inner, length),
+        delta=randn(batch, d_inner, length, scale=0.5),
+        A=-(torch.rand(d_inner, d_state, generator=generator, dtype=dtype) * 4 + 0.1).to(device),
+        B=randn(*bc_shape),
+        C=randn(*bc_shape),
+        D=randn(d_inner),
+        z=randn(batch, d_inner, length),
+        delta_bias=randn(d_inner, scale=0.3),
+    )
+
+
+@pytest.fixture
+def short_chunks(monkeypatch):
+    """Segments of 10 steps in chunks of 4: a length of 23 crosses segment and chunk edges and pads both."""
+    monkeypatch.setattr(scan_module, "MAX_CHUNK", 4)
+    monkeypatch.setattr(scan_module, "SEGMENT_ELEMENTS", 10 * 2 * 6 * 4)
+
+
+OPTIONALS = [
+    pytest.param(dict(D=True, z=True, delta_bias=True, delta_softplus=True), id="all"),
+    pytest.param(dict(D=False, z=False, delta_bias=False, delta_softplus=False), id="none"),
+    pytest.param(dict(D=True, z=False, delta_bias=True, delta_softplus=True), id="no-z"),
+    pytest.param(dict(D=False, z=True, delta_bias=False, delta_softplus=True), id="z-only"),
+]
+
+
+def split_args(inputs, options):
+    kwargs = {name: inputs[name] if options[name] else None for name in ("D", "z", "delta_bias")}
+    return [inputs[name] for name in ("u", "delta", "A", "B", "C")], dict(kwargs, delta_softplus=options["delta_softplus"])
+
+
+@pytest.mark.parametrize("options", OPTIONALS)
+@pytest.mark.parametrize("groups", [None, 2])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_torch_scan_matches_stepwise_reference(short_chunks, options, groups, dtype, tolerance):
+    inputs = make_inputs(groups=groups, dtype=dtype)
+    leaves = {name: t.clone().requires_grad_() for name, t in inputs.items()}
+    args, kwargs = split_args(leaves, options)
+    out, last = selective_scan(*args, **kwargs, return_last_state=True, backend="torch")
+    reference_leaves = {name: t.double().detach().requires_grad_() for name, t in inputs.items()}
+    ref_args, ref_kwargs = split_args(reference_leaves, options)
+    expected, expected_last = selective_scan_stepwise(*ref_args, **ref_kwargs)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(last.double(), expected_last, rtol=tolerance, atol=tolerance)
+
+    grad_out = torch.randn_like(expected)
+    used = [name for name in leaves if name in ("u", "delta", "A", "B", "C") or options[name]]
+    grads = torch.autograd.grad(out, [leaves[n] for n in used], grad_out.to(dtype))
+    expected_grads = torch.autograd.grad(expected, [reference_leaves[n] for n in used], grad_out)
+    for name, grad, expected_grad in zip(used, grads, expected_grads):
+        scale = expected_grad.abs().max().item() + 1.0
+        torch.testing.assert_close(grad.double(), expected_grad, rtol=tolerance, atol=tolerance * scale, msg=name)
+
+
+def test_gradcheck_float64(monkeypatch):
+    monkeypatch.setattr(scan_module, "MAX_CHUNK", 3)
+    monkeypatch.setattr(scan_module, "SEGMENT_ELEMENTS", 5 * 2 * 2)
+    inputs = make_inputs(batch=1, d_inner=2, d_state=2, length=12)
+    leaves = [t.requires_grad_() for t in inputs.values()]
+
+    def run(u, delta, A, B, C, D, z, delta_bias):
+        out, last = selective_scan(u, delta, A, B, C, D, z, delta_bias, True, return_last_state=True, backend="torch")
+        return out, last
+
+    assert torch.autograd.gradcheck(run, leaves)
+
+
+def test_chunks_follow_the_decay_bound():
+    """Large time steps force short chunks; results stay finite and exact."""
+    inputs = make_inputs(length=300)
+    inputs["delta"] = inputs["delta"] * 40
+    out = selective_scan(**inputs, delta_softplus=True, backend="torch")
+    expected, _ = selective_scan_stepwise(**inputs, delta_softplus=True)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_backward_keeps_no_full_state_tensor():
+    """What the scan saves for backward is its inputs and a few states, never a (batch, d_inner, L, d_state) tensor."""
+    batch, d_inner, d_state, length = 1, 8, 64, 4096
+    inputs = make_inputs(batch=batch, d_inner=d_inner, d_state=d_state, length=length, dtype=torch.float32)
+    leaves = {name: t.requires_grad_() for name, t in inputs.items()}
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        selective_scan(**leaves, delta_softplus=True, backend="torch")
+    full_state = batch * d_inner * length * d_state
+    assert max(sizes) <= batch * max(d_inner, d_state) * length  # the largest input
+    assert sum(sizes) < full_state / 2
+
+
+def test_backend_selection(monkeypatch):
+    inputs = make_inputs(dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        selective_scan(**inputs, backend="cuda")
+    with pytest.raises(ValueError, match="scan backend must be one of"):
+        selective_scan(**inputs, backend="triton")
+    monkeypatch.setenv(BACKEND_ENV, "cuda")
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        selective_scan(**inputs)  # "auto" honours the environment variable, never falls back silently
+    monkeypatch.setenv(BACKEND_ENV, "torch")
+    assert torch.isfinite(selective_scan(**inputs)).all()
+    monkeypatch.setenv(BACKEND_ENV, "fast")
+    with pytest.raises(ValueError, match=BACKEND_ENV):
+        selective_scan(**inputs)
+
+
+@pytest.mark.parametrize(
+    "name,shape,message",
+    [
+        ("u", (2, 6), "u must be"),
+        ("A", (5, 4), "A must be"),
+        ("B", (2, 3, 23), "B must be"),
+        ("C", (2, 4, 4, 23), "groups, which do not divide"),
+        ("D", (7,), "D must have shape"),
+        ("z", (2, 6, 22), "z must have shape"),
+    ],
+)
+def test_shape_errors_name_expected_and_received(name, shape, message):
+    inputs = make_inputs(dtype=torch.float32)
+    inputs[name] = torch.zeros(shape)
+    with pytest.raises(ValueError, match=message):
+        selective_scan(**inputs, backend="torch")
+
+
+def _cuda_kernel_available():
+    from custom_nets.ops.cuda_kernels import selective_scan_kernel
+
+    return torch.cuda.is_available() and selective_scan_kernel()[0] is not None
+
+
+needs_cuda_kernel = pytest.mark.skipif(
+    not _cuda_kernel_available(), reason="needs a CUDA device and mamba-ssm's compiled selective_scan_cuda"
+)
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("options", OPTIONALS)
+@pytest.mark.parametrize("groups", [None, 2])
+def test_cuda_kernel_matches_torch_backend(options, groups):
+    inputs = make_inputs(batch=2, d_inner=64, d_state=16, length=777, groups=groups, dtype=torch.float32, device="cuda")
+    results = {}
+    for backend in ("torch", "cuda"):
+        leaves = {name: t.clone().requires_grad_() for name, t in inputs.items()}
+        args, kwargs = split_args(leaves, options)
+        out = selective_scan(*args, **kwargs, backend=backend)
+        used = [name for name in leaves if name in ("u", "delta", "A", "B", "C") or options[name]]
+        grad_out = torch.ones_like(out).normal_(generator=torch.Generator("cuda").manual_seed(1))
+        results[backend] = (out, torch.autograd.grad(out, [leaves[n] for n in used], grad_out), used)
+    torch.testing.assert_close(results["cuda"][0], results["torch"][0], rtol=6e-4, atol=2e-3)
+    for name, grad, expected in zip(results["torch"][2], results["cuda"][1], results["torch"][1]):
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(grad, expected, rtol=1.2e-3, atol=4e-3 * max(scale, 1.0), msg=name)
