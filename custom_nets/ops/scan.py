@@ -203,8 +203,10 @@ def _scan_segment(dt, u, A, B, C, h0, chunk: int):
     B, C = (t.reshape(batch, groups, chunks, chunk, d_state) for t in (B, C))
     A = A.unsqueeze(1)  # (g, 1, 1, dg, N)
 
-    decay = torch.exp((dt.cumsum(3) - dt[:, :, :, :1]).unsqueeze(-1) * A)  # E_t: (b, g, K, T, dg, N)
-    scaled = (dt * u).unsqueeze(-1) * B.unsqueeze(4) / decay
+    log_decay = (dt.cumsum(3) - dt[:, :, :, :1]).unsqueeze(-1) * A  # log E_t: (b, g, K, T, dg, N)
+    decay = torch.exp(log_decay)
+    # times exp(-log E), not divided by E: the backward of a division squares E, which underflows
+    scaled = (dt * u).unsqueeze(-1) * B.unsqueeze(4) * torch.exp(-log_decay)
     first_decay = torch.exp(dt[:, :, :, 0].unsqueeze(-1) * A[:, :, 0])  # (b, g, K, dg, N)
     chunk_decay = first_decay * decay[:, :, :, -1]
     local_end = decay[:, :, :, -1] * scaled.sum(3)  # state at each chunk's end, from a zero start
