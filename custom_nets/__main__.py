@@ -3,6 +3,7 @@
 Commands:
     summary   parameters and MACs per part for the paper's three settings
     overfit   fit a small SegResMamba to a crop of the shipped CT (a wiring sanity check)
+    demo      the main job on the shipped CT
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def overfit(steps: int = 150, crop: int = 64, feature_size: int = 8) -> None:
 
 
 def main() -> None:
-    fire.Fire({"summary": summary, "overfit": overfit})
+    fire.Fire({"summary": summary, "overfit": overfit, "demo": overfit})
 
 
 if __name__ == "__main__":
