@@ -1,0 +1,96 @@
+"""``segresmamba predict``: segment images with a bundle, one mask per image."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from ..io import InputError, find_inputs, read_header, write_dicom_seg, write_nifti_mask
+
+__all__ = ["OUTPUT_FORMATS", "predict"]
+
+# output format -> suffix of the mask files
+OUTPUT_FORMATS = {"nifti": ".nii.gz", "dicom_seg": ".dcm"}
+MASK_POSTFIX = "_seg"
+
+
+def _output_folder(output: str | Path) -> Path:
+    folder = Path(output).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"output must be a folder: {folder} is a file")
+    return folder
+
+
+def predict(
+    bundle: str,
+    input: str,
+    output: str,
+    device: str = "auto",
+    output_format: str = "nifti",
+    progress: bool = True,
+    **overrides,
+) -> list[str]:
+    """Segment images with a bundle's inference config and trained weights, one mask per image.
+
+    Every input is checked from its header (readable, 3D, the bundle's channel count) before any work. Each mask
+    is written to a temporary file and renamed into place: an image that fails later (damaged data) stops the run
+    with no file of its own, and the masks finished before it stay whole.
+
+    Args:
+        bundle: a bundle name (looked up in this project's ``bundles/``, ``./bundles`` and MONAI's bundle folder) or
+            the path of a bundle folder.
+        input: an image file (NIfTI, NRRD, MetaImage), a DICOM series folder, or a folder of such images and series
+            folders.
+        output: the folder for the masks, ``<image name>_seg.nii.gz`` (or ``.dcm``); created when needed, existing
+            masks of the same name are replaced.
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        output_format: ``"nifti"`` (the mask on the input image's grid) or ``"dicom_seg"`` (a DICOM SEG referencing
+            the source series; DICOM inputs only).
+        progress: show a progress bar (on stderr).
+        overrides: bundle config values to replace, by id, e.g. ``--inferer#sw_batch_size 8``.
+
+    Returns:
+        the mask files written, in input order.
+
+    Raises:
+        InputError: a bad bundle, input, output folder or option; its message is one line naming the problem.
+    """
+    from .bundle import InferencePipeline, find_bundle, resolve_device
+
+    if output_format not in OUTPUT_FORMATS:
+        raise InputError(f"unknown output_format {output_format!r} (use {' or '.join(OUTPUT_FORMATS)})")
+    files = find_bundle(bundle)
+    torch_device = resolve_device(device)
+    folder = _output_folder(output)
+
+    images = find_inputs(input)
+    headers = [read_header(image) for image in images]
+    for image, header in zip(images, headers):
+        if header.num_channels != files.num_channels:
+            raise InputError(
+                f"{image.path} has {header.num_channels} channel(s); bundle {files.name} expects {files.num_channels}"
+            )
+        if output_format == "dicom_seg" and image.format != "dicom":
+            raise InputError(f"output_format dicom_seg needs DICOM series inputs; {image.path} is {image.format}")
+    targets = [folder / f"{image.name}{MASK_POSTFIX}{OUTPUT_FORMATS[output_format]}" for image in images]
+    clashes = sorted({t.name for t in targets if targets.count(t) > 1})
+    if clashes:
+        raise InputError(f"several inputs would write the same mask: {', '.join(clashes)} (rename them)")
+
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    pipeline = InferencePipeline(files, torch_device, overrides)
+    written = []
+    bar = tqdm(zip(images, headers, targets), total=len(images), unit="image", disable=not progress, file=sys.stderr)
+    with logging_redirect_tqdm(loggers=[logging.getLogger("custom_nets")]):  # warnings between bar updates
+        for image, header, target in bar:
+            bar.set_description(image.name)
+            mask, affine = pipeline(image.path, header.spatial_shape)
+            if output_format == "dicom_seg":
+                write_dicom_seg(mask, affine, image, target, files.channel_def, files.name, files.version)
+            else:
+                write_nifti_mask(mask, affine, target)
+            written.append(str(target))
+    return written

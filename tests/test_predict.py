@@ -1,0 +1,376 @@
+"""``segresmamba predict`` with the project's bundles: masks line up with their images in world coordinates (NIfTI,
+NRRD and DICOM inputs; NIfTI and DICOM SEG outputs), and bad input gets a one-line error and leaves no file.
+
+Geometry is checked with threshold "networks" (a 1x1x1 convolution loaded from models/model.pt like any weights):
+their masks are known functions of the input intensities, so each mask can be compared with the image it came from,
+voxel by voxel in world coordinates, through references read independently of MONAI (nibabel; ITK pixels with
+geometry from the DICOM tags or ITK's origin, spacing and direction). A randomly initialised small SegResMamba runs
+through the command line as users type it.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import itk
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from custom_nets.cli import predict, predict_command
+from custom_nets.io import InputError
+
+pytestmark = pytest.mark.filterwarnings("ignore:builtin type")  # ITK's SWIG types, on import
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+CT = DATA / "01_totalseg_ct_abdomen" / "example_ct_sm.nii.gz"
+DICOM = DATA / "02_totalseg_ct_dicom" / "dicom"
+DICOM_LABELS = DATA / "02_totalseg_ct_dicom" / "example_seg_dicom_total_v2.nii.gz"  # array axes not in DICOM order
+NRRD = DATA / "05_pyradiomics_brain_tumor" / "brain2_image.nrrd"
+SPLEEN = 1  # label value in TotalSegmentator's label map
+# The spleen bundle scales HU [-57, 164] to [0, 1]; its threshold network marks x > 0.5, i.e. HU > 53.5.
+SPLEEN_THRESHOLD = 53.5
+LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+
+
+# ---------------------------------------------------------------------------------------------- references
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def sample(volume: np.ndarray, affine: np.ndarray, world: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour values of ``volume`` (spatial axes first, then any channels) at RAS ``world`` points
+    ``(..., 3)``; 0 outside."""
+    voxel = np.rint(world @ np.linalg.inv(affine)[:3, :3].T + np.linalg.inv(affine)[:3, 3]).astype(int)
+    inside = np.all((voxel >= 0) & (voxel < volume.shape[:3]), axis=-1)
+    out = np.zeros(world.shape[:-1] + volume.shape[3:], dtype=volume.dtype)
+    out[inside] = volume[voxel[inside, 0], voxel[inside, 1], voxel[inside, 2]]
+    return out
+
+
+def voxel_centres(shape, affine: np.ndarray) -> np.ndarray:
+    """RAS world coordinates ``(*shape, 3)`` of every voxel of a grid."""
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
+    return index @ affine[:3, :3].T + affine[:3, 3]
+
+
+def itk_reference(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An image read with ITK: ``(array (x, y, z), voxel-to-RAS affine)`` from ITK's own origin, spacing and
+    direction (LPS)."""
+    image = itk.imread(str(path))
+    array = itk.array_from_image(image).transpose(2, 1, 0)  # ITK's numpy view is (z, y, x)
+    direction = itk.array_from_matrix(image.GetDirection())
+    affine = np.eye(4)
+    affine[:3, :3] = (direction * np.asarray(image.GetSpacing())) * LPS_TO_RAS[:, None]
+    affine[:3, 3] = np.asarray(image.GetOrigin()) * LPS_TO_RAS
+    return array, affine
+
+
+def dicom_slices(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per DICOM file: ``(pixels (rows, columns), RAS world coordinates of the pixel centres (rows, columns, 3))``,
+    the geometry from the file's own tags (ImagePositionPatient, ImageOrientationPatient, PixelSpacing)."""
+    slices = []
+    for file in sorted(folder.iterdir()):
+        header = pydicom.dcmread(file, stop_before_pixels=True)
+        pixels = itk.array_from_image(itk.imread(str(file)))[0]  # JPEG 2000: decoded by ITK's GDCM
+        position = np.asarray(header.ImagePositionPatient, float)
+        orientation = np.asarray(header.ImageOrientationPatient, float)
+        row_spacing, column_spacing = (float(s) for s in header.PixelSpacing)
+        rows, columns = np.meshgrid(np.arange(header.Rows), np.arange(header.Columns), indexing="ij")
+        world = (
+            position
+            + columns[..., None] * column_spacing * orientation[:3]
+            + rows[..., None] * row_spacing * orientation[3:]
+        )
+        slices.append((pixels, world * LPS_TO_RAS))
+    return slices
+
+
+def files_in(folder: Path) -> list[str]:
+    """Every file under ``folder``, hidden temporary files included."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+# ---------------------------------------------------------------------------------------------- bundles
+
+
+def bundle_copy(name: str, target: Path, network_def: dict | None = None, state: dict | None = None) -> Path:
+    """A copy of ``bundles/<name>`` (without weights), its network replaced by ``network_def`` when given, and
+    ``state`` saved as models/model.pt when given."""
+    shutil.copytree(ROOT / "bundles" / name, target, ignore=shutil.ignore_patterns("models", "eval", "*.pt"))
+    if network_def is not None:
+        config_file = target / "configs" / "inference.json"
+        config = json.loads(config_file.read_text())
+        config["network_def"] = network_def
+        config_file.write_text(json.dumps(config, indent=4))
+    if state is not None:
+        (target / "models").mkdir()
+        torch.save(state, target / "models" / "model.pt")
+    return target
+
+
+def threshold_net(weight: list[list[float]], bias: list[float]) -> tuple[dict, dict]:
+    """A 1x1x1 convolution as a bundle ``network_def`` and its state dict: output o = sum_i w[o][i] x_i + b[o]."""
+    weight = torch.tensor(weight, dtype=torch.float32)
+    out_channels, in_channels = weight.shape
+    network_def = {"_target_": "torch.nn.Conv3d", "in_channels": in_channels, "out_channels": out_channels,
+                   "kernel_size": 1}  # fmt: skip
+    return network_def, {"weight": weight[..., None, None, None], "bias": torch.tensor(bias)}
+
+
+@pytest.fixture(scope="session")
+def spleen_threshold_bundle(tmp_path_factory) -> Path:
+    """The spleen bundle with a network whose label 1 is "scaled intensity > 0.5" (HU > 53.5)."""
+    network_def, state = threshold_net([[-1.0], [1.0]], [0.5, -0.5])
+    return bundle_copy("spleen_ct_segresmamba", tmp_path_factory.mktemp("bundles") / "spleen", network_def, state)
+
+
+@pytest.fixture(scope="session")
+def spleen_masks(spleen_threshold_bundle, tmp_path_factory) -> dict[str, Path]:
+    """One run over a folder holding the CT (NIfTI), the brain MRI (NRRD) and the CT DICOM series."""
+    cases = tmp_path_factory.mktemp("cases")
+    (cases / "ct.nii.gz").symlink_to(CT)
+    (cases / "brain.nrrd").symlink_to(NRRD)
+    (cases / "ct_dicom").symlink_to(DICOM, target_is_directory=True)
+    output = tmp_path_factory.mktemp("masks")
+    written = predict(str(spleen_threshold_bundle), str(cases), str(output), device="cpu")
+    return {Path(p).name.split("_seg")[0]: Path(p) for p in written}
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+
+
+def test_one_mask_per_input(spleen_masks):
+    assert sorted(p.name for p in spleen_masks.values()) == ["brain_seg.nii.gz", "ct_dicom_seg.nii.gz", "ct_seg.nii.gz"]
+    assert files_in(next(iter(spleen_masks.values())).parent) == sorted(p.name for p in spleen_masks.values())
+
+
+def test_nifti_ct_mask_lines_up(spleen_masks):
+    mask = nib.load(spleen_masks["ct"])
+    image = nib.load(CT)
+    assert mask.shape == image.shape and mask.get_data_dtype() == np.uint8
+    world = voxel_centres(image.shape, image.affine)
+    got = sample(np.asarray(mask.dataobj), mask.affine, world) == 1
+    assert dice(got, image.get_fdata() > SPLEEN_THRESHOLD) > 0.9
+
+
+
+def test_nrrd_mask_lines_up(spleen_masks):
+    mask = nib.load(spleen_masks["brain"])
+    image, affine = itk_reference(NRRD)
+    assert mask.shape == image.shape == (256, 256, 23)
+    np.testing.assert_allclose(mask.affine, affine, atol=1e-4)
+    got = sample(np.asarray(mask.dataobj), mask.affine, voxel_centres(image.shape, affine)) == 1
+    assert dice(got, image > SPLEEN_THRESHOLD) > 0.9
+
+
+def test_dicom_series_mask_lines_up(spleen_masks):
+    mask = nib.load(spleen_masks["ct_dicom"])
+    assert mask.shape == (512, 512, 20)
+    data = np.asarray(mask.dataobj)
+    got, expected = zip(*[(sample(data, mask.affine, world) == 1, pixels > SPLEEN_THRESHOLD)
+                          for pixels, world in dicom_slices(DICOM)])  # fmt: skip
+    assert dice(np.stack(got), np.stack(expected)) > 0.9
+
+    # TotalSegmentator's label map of this series stores its arrays flipped: only world coordinates compare.
+    # This scan is contrast-enhanced: its spleen lies above the threshold.
+    labels = nib.load(DICOM_LABELS)
+    spleen = np.asarray(labels.dataobj).astype(int) == SPLEEN
+    inside = sample(data, mask.affine, voxel_centres(labels.shape, labels.affine))[spleen]
+    assert (inside == 1).mean() > 0.9
+
+
+def test_dicom_seg_output(spleen_threshold_bundle, spleen_masks, tmp_path):
+    (written,) = predict(str(spleen_threshold_bundle), str(DICOM), str(tmp_path), output_format="dicom_seg")
+    assert written == str(tmp_path / "dicom_seg.dcm") and files_in(tmp_path) == ["dicom_seg.dcm"]
+    seg = pydicom.dcmread(written)
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.Modality == "SEG"
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["spleen"]
+    referenced = {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(DICOM.iterdir())]
+    assert referenced == {s.file_meta.MediaStorageSOPInstanceUID for s in sources}
+
+    # every frame sits on a source slice (by position) and holds that slice's mask; frames left out are empty
+    frames = {
+        tuple(np.round(group.PlanePositionSequence[0].ImagePositionPatient, 3)): seg.pixel_array[i] > 0
+        for i, group in enumerate(seg.PerFrameFunctionalGroupsSequence)
+    }
+    positions = [tuple(np.round(np.asarray(s.ImagePositionPatient, float), 3)) for s in sources]
+    assert set(frames) <= set(positions) and len(frames) > 0
+    nifti = nib.load(spleen_masks["ct_dicom"])
+    got, expected = [], []
+    for position, (pixels, world) in zip(positions, dicom_slices(DICOM)):
+        frame = frames.get(position, np.zeros(pixels.shape, bool))
+        np.testing.assert_array_equal(frame, sample(np.asarray(nifti.dataobj), nifti.affine, world) == 1)
+        got.append(frame)
+        expected.append(pixels > SPLEEN_THRESHOLD)
+    assert dice(np.stack(got), np.stack(expected)) > 0.9
+
+
+def test_multichannel_bundle_lines_up(tmp_path):
+    """BraTS: four channels in (a 4D NIfTI), three overlapping sigmoid masks out, as a 4D NIfTI."""
+    brain, affine = itk_reference(NRRD)
+    brain = brain.astype(np.float32)
+    channels = np.stack([brain, brain**2, np.sqrt(brain), brain], axis=-1)  # (x, y, z, 4)
+    nib.save(nib.Nifti1Image(channels, affine), tmp_path / "case.nii.gz")
+    # output k = normalised input channel k + 1, less a margin: the normalisation leaves zero voxels at 0, and the
+    # bundle's 0.5 threshold on the sigmoid keeps 0 (a tie no trained network's logit hits)
+    margin = 1e-3
+    network_def, state = threshold_net([[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], [-margin] * 3)
+    bundle = bundle_copy("brats21_mri_segresmamba", tmp_path / "brats", network_def, state)
+    (written,) = predict(str(bundle), str(tmp_path / "case.nii.gz"), str(tmp_path / "out"))
+    mask = nib.load(written)
+    assert mask.shape == (*brain.shape, 3)
+    got = sample(np.asarray(mask.dataobj), mask.affine, voxel_centres(brain.shape, affine))
+    for k in range(3):
+        foreground = channels[..., k + 1][channels[..., k + 1] != 0]
+        expected = channels[..., k + 1] > foreground.mean() + margin * foreground.std()
+        assert dice(got[..., k] == 1, expected) > 0.99
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def write_truncated_copy(source: Path, target: Path, keep: float = 0.5) -> Path:
+    data = source.read_bytes()
+    target.write_bytes(data[: int(len(data) * keep)])
+    return target
+
+
+def dicom_with_damaged_slice(target: Path) -> Path:
+    """The DICOM series with one slice's pixel data cut off (its header intact)."""
+    shutil.copytree(DICOM, target)
+    for file in target.iterdir():
+        file.chmod(0o644)
+    victim = sorted(target.iterdir())[5]
+    write_truncated_copy(victim, victim, keep=0.05)
+    return target
+
+
+def two_channel_nifti(target: Path) -> Path:
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.float32), np.eye(4)), target)
+    return target
+
+
+BAD_INPUTS = {
+    "missing-input": (lambda d: d / "nowhere.nii.gz", "input not found"),
+    "empty-folder": (lambda d: (d / "empty").mkdir() or d / "empty", "no usable image"),
+    "garbage-nifti": (lambda d: (d / "x.nii.gz").write_bytes(os.urandom(3000)) and d / "x.nii.gz", "cannot read NIfTI"),
+    "truncated-nifti": (lambda d: write_truncated_copy(CT, d / "ct.nii.gz"), "cannot load .*ct.nii.gz"),
+    "damaged-dicom-slice": (lambda d: dicom_with_damaged_slice(d / "series"), r"series loads as \(512, 512, 19\)"),
+    "two-channel-image": (lambda d: two_channel_nifti(d / "two.nii.gz"), "has 2 channel.*expects 1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_is_refused_and_leaves_nothing(spleen_threshold_bundle, tmp_path, case):
+    make, message = BAD_INPUTS[case]
+    source = make(tmp_path)
+    output = tmp_path / "out"
+    with pytest.raises(InputError, match=message) as error:
+        predict(str(spleen_threshold_bundle), str(source), str(output), progress=False)
+    assert "\n" not in str(error.value)
+    assert files_in(output) == []
+
+
+def test_bad_bundles_and_options_are_refused(spleen_threshold_bundle, tmp_path):
+    output = tmp_path / "out"
+    cases = [
+        (dict(bundle="no_such_bundle"), "bundle not found: no_such_bundle"),
+        (dict(bundle=str(bundle_copy("spleen_ct_segresmamba", tmp_path / "untrained"))),
+         "no trained weights .*models/model.pt is missing.*train"),
+        (dict(bundle=str(bundle_copy("spleen_ct_segresmamba", tmp_path / "mismatch", state={"weight": torch.ones(1)}))),
+         "do not fit the bundle's network_def"),
+        (dict(output_format="dicom_seg"), "dicom_seg needs DICOM series inputs"),
+        (dict(output_format="png"), "unknown output_format"),
+        (dict(device="tpu"), "unknown device"),
+    ]  # fmt: skip
+    for options, message in cases:
+        arguments = dict(bundle=str(spleen_threshold_bundle), input=str(CT), output=str(output), progress=False)
+        with pytest.raises(InputError, match=message):
+            predict(**{**arguments, **options})
+    output_file = tmp_path / "taken"
+    output_file.write_text("")
+    with pytest.raises(InputError, match="output must be a folder"):
+        predict(str(spleen_threshold_bundle), str(CT), str(output_file), progress=False)
+    assert files_in(output) == []
+
+
+def test_wrong_channel_count_for_the_bundle(tmp_path):
+    network_def, state = threshold_net([[1, 0, 0, 0]] * 3, [0.0] * 3)
+    bundle = bundle_copy("brats21_mri_segresmamba", tmp_path / "brats", network_def, state)
+    with pytest.raises(InputError, match=r"example_ct_sm.nii.gz has 1 channel\(s\); bundle brats .*expects 4"):
+        predict(str(bundle), str(CT), str(tmp_path / "out"), progress=False)
+    assert files_in(tmp_path / "out") == []
+
+
+def test_a_failure_keeps_finished_masks_only(spleen_threshold_bundle, tmp_path):
+    """Inputs are checked from their headers first; an image whose data turns out damaged stops the run, and the
+    masks finished before it stay whole."""
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    (cases / "a_ct.nii.gz").symlink_to(CT)
+    write_truncated_copy(CT, cases / "b_damaged.nii.gz")
+    with pytest.raises(InputError, match="b_damaged"):
+        predict(str(spleen_threshold_bundle), str(cases), str(tmp_path / "out"), progress=False)
+    assert files_in(tmp_path / "out") == ["a_ct_seg.nii.gz"]
+    assert nib.load(tmp_path / "out" / "a_ct_seg.nii.gz").shape == (122, 101, 30)
+
+
+def test_command_prints_one_line_and_exits_non_zero(spleen_threshold_bundle, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        predict_command(str(spleen_threshold_bundle), str(tmp_path / "nowhere"), str(tmp_path / "out"))
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: input not found:")
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def test_command_line_with_a_small_segresmamba(tmp_path):
+    """``python -m custom_nets predict`` as users type it, with a random SegResMamba (feature_size 8) and config
+    overrides on the command line; coarse spacing keeps each image within one 64^3 window on the CPU."""
+    torch.manual_seed(0)
+    from custom_nets import SegResMamba
+
+    state = SegResMamba(in_channels=1, out_channels=2, feature_size=8).state_dict()
+    bundle = bundle_copy("spleen_ct_segresmamba", tmp_path / "spleen", state=state)
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    (cases / "ct.nii.gz").symlink_to(CT)
+    (cases / "brain.nrrd").symlink_to(NRRD)
+    (cases / "ct_dicom").symlink_to(DICOM, target_is_directory=True)
+    command = [sys.executable, "-m", "custom_nets", "predict", "--bundle", str(bundle), "--input", str(cases),
+               "--output", str(tmp_path / "out"), "--feature_size", "8", "--pixdim", "[8,8,8]",
+               "--patch_size", "[64,64,64]", "--sw_batch_size", "1", "--sw_overlap", "0"]  # fmt: skip
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "3/3" in run.stderr  # the progress bar
+    out = tmp_path / "out"
+    assert files_in(out) == ["brain_seg.nii.gz", "ct_dicom_seg.nii.gz", "ct_seg.nii.gz"]
+    in_input_order = ("brain_seg.nii.gz", "ct_seg.nii.gz", "ct_dicom_seg.nii.gz")
+    assert run.stdout.split() == [str(out / name) for name in in_input_order]  # fire prints the returned list
+
+    ct = nib.load(out / "ct_seg.nii.gz")
+    assert ct.shape == (122, 101, 30)
+    np.testing.assert_allclose(ct.affine, nib.load(CT).affine, atol=1e-4)
+    brain = nib.load(out / "brain_seg.nii.gz")
+    assert brain.shape == (256, 256, 23)
+    np.testing.assert_allclose(brain.affine, itk_reference(NRRD)[1], atol=1e-4)
+    series = nib.load(out / "ct_dicom_seg.nii.gz")
+    assert series.shape == (512, 512, 20)
+    for _, world in dicom_slices(DICOM):  # every pixel centre of every slice is a voxel centre of the mask
+        voxel = world @ np.linalg.inv(series.affine)[:3, :3].T + np.linalg.inv(series.affine)[:3, 3]
+        assert np.abs(voxel - np.rint(voxel)).max() < 1e-3
+        assert np.all((np.rint(voxel) >= 0) & (np.rint(voxel) < series.shape))
+    for mask in (ct, brain, series):
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
