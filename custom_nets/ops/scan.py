@@ -187,8 +187,8 @@ def _scan_segment(dt, u, A, B, C, h0, chunk: int):
     Inside a chunk, with ``E_t = exp(A * sum(dt[1..t]))`` the decay after the chunk's first step,
     ``h_t = E_t * (exp(A * dt_0) * h_in + sum_{s<=t} dt_s B_s u_s / E_s)``; ``_plan`` keeps
     ``|A * sum(dt[1..t])|`` under ``MAX_LOG_DECAY`` so that ``1 / E_s`` stays finite. All chunks of the segment
-    are computed at once; only the states entering the chunks are chained one chunk at a time. The prefix sum is
-    a product with a lower-triangular matrix of ones, which beats ``cumsum`` over a middle dimension on CPU.
+    are computed at once, and the states entering them by a parallel scan over the chunks. The prefix sum is a
+    product with a lower-triangular matrix of ones, which beats ``cumsum`` over a middle dimension on CPU.
 
     Shapes (time-major): ``dt, u`` (b, g, S, dg); ``A`` (g, 1, dg, N); ``B, C`` (b, g, S, N);
     ``h0`` (b, g, dg, N). Returns ``y`` (b, g, S, dg) and the state after the segment.
@@ -210,15 +210,28 @@ def _scan_segment(dt, u, A, B, C, h0, chunk: int):
     first_decay = torch.exp(dt[:, :, :, 0].unsqueeze(-1) * A[:, :, 0])  # (b, g, K, dg, N)
     chunk_decay = first_decay * decay[:, :, :, -1]
     local_end = decay[:, :, :, -1] * scaled.sum(3)  # state at each chunk's end, from a zero start
-    entering, h = [], h0
-    for k in range(chunks):
-        entering.append(h)
-        h = chunk_decay[:, :, k] * h + local_end[:, :, k]
-    scaled[:, :, :, 0] += first_decay * torch.stack(entering, dim=2)
+    entering, h = _chain_chunks(chunk_decay, local_end, h0)
+    scaled[:, :, :, 0] += first_decay * entering
     lower_ones = torch.ones(chunk, chunk, dtype=dt.dtype, device=dt.device).tril()
     states = decay * torch.matmul(lower_ones, scaled.flatten(4)).reshape(scaled.shape)  # h_t at every step
     y = torch.matmul(states, C.unsqueeze(-1)).reshape(batch, groups, chunks * chunk, per_group)
     return y[:, :, :length], h
+
+
+def _chain_chunks(decay: torch.Tensor, local_end: torch.Tensor, h0: torch.Tensor):
+    """States entering each chunk, for ``s_k = decay_k * s_{k-1} + local_end_k`` along dim 2 from ``s_{-1} = h0``.
+
+    A Hillis-Steele scan: log2(K) steps over all chunks at once instead of K small steps. ``decay`` is at most 1,
+    so its running products only shrink. Returns the entering states (like ``decay``) and the last state.
+    """
+    chunks, shift = decay.shape[2], 1
+    while shift < chunks:
+        local_end = torch.cat([local_end[:, :, :shift], decay[:, :, shift:] * local_end[:, :, :-shift]
+                               + local_end[:, :, shift:]], dim=2)
+        decay = torch.cat([decay[:, :, :shift], decay[:, :, shift:] * decay[:, :, :-shift]], dim=2)
+        shift *= 2
+    after = decay * h0.unsqueeze(2) + local_end  # the state after each chunk
+    return torch.cat([h0.unsqueeze(2), after[:, :, :-1]], dim=2), after[:, :, -1]
 
 
 @torch.no_grad()
