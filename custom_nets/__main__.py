@@ -4,6 +4,7 @@ Commands:
     summary   parameters and MACs per part for the paper's three settings
     overfit   fit a small SegResMamba to a crop of the shipped CT (a wiring sanity check)
     demo      the main job on the shipped CT
+    predict   segment NIfTI, NRRD or DICOM series with a bundle's weights
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def overfit(steps: int = 150, crop: int = 64, feature_size: int = 8) -> None:
 
 
 def main() -> None:
-    fire.Fire({"summary": summary, "overfit": overfit, "demo": overfit})
+    from .cli import predict_command
+
+    fire.Fire({"summary": summary, "overfit": overfit, "demo": overfit, "predict": predict_command})
 
 
 if __name__ == "__main__":
