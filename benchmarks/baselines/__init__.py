@@ -1,0 +1,5 @@
+"""Networks written only to be measured against SegResMamba (not products of this project)."""
+
+from .segmamba import GatedSpatialConv, SegMamba
+
+__all__ = ["GatedSpatialConv", "SegMamba"]

@@ -1,0 +1,49 @@
+"""Peak training memory against parameter count, one panel per task and patch size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["plot_memory_vs_parameters"]
+
+GIB = 2**30
+
+
+def plot_memory_vs_parameters(results: dict, path: str | Path) -> bool:
+    """Scatter of the successful training records of ``results`` (ablations left out); False if none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [
+        r for r in results["records"]
+        if r["kind"] == "train" and r.get("status") == "ok"
+        and (r["network"] == "segresmamba" or not r["network"].startswith("segresmamba_"))
+    ]
+    groups = list(dict.fromkeys((r["task"], r["patch"]) for r in records))
+    if not groups:
+        return False
+    measure = records[0].get("peak_measure", "peak memory")
+    figure, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
+    for axis, (task, patch) in zip(axes[0], groups):
+        for r in (r for r in records if (r["task"], r["patch"]) == (task, patch)):
+            label = r["network"] + (f" [{r['scan_backend']}]" if r.get("scan_backend") else "")
+            highlight = r["network"] == "segresmamba"
+            axis.scatter(r["parameters"] / 1e6, r["peak_bytes"] / GIB, s=60 if highlight else 30,
+                         color="tab:red" if highlight else "tab:blue")
+            axis.annotate(label, (r["parameters"] / 1e6, r["peak_bytes"] / GIB), fontsize=7,
+                          xytext=(4, 3), textcoords="offset points")
+        axis.set_title(f"{task} {patch}^3, batch 1")
+        axis.set_xlabel("parameters (M)")
+        axis.set_ylabel(f"{measure} (GiB)")
+        axis.grid(alpha=0.3)
+    environment = results.get("environment", {})
+    figure.suptitle(
+        f"One training step: memory vs parameters ({environment.get('gpu') or environment.get('cpu', '')}, "
+        f"{environment.get('date', '')[:10]})", fontsize=9,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True

@@ -1,0 +1,381 @@
+"""Results of a benchmark run: the environment stamp, JSON, a markdown report with ratios and targets, a plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+__all__ = ["GIB", "environment", "load_results", "render_markdown", "write_results"]
+
+GIB = 2**30
+PAPER_BTCV_SEGRESMAMBA_BYTES = 5.10e9  # the paper's 5.10 GB, read as 10^9 bytes (the stricter reading)
+REFERENCES = ("swinunetr", "segmamba")
+
+# (device, kind, task, patch, quantity, reference, bound): the issue's targets for SegResMamba (default settings)
+TARGETS = [
+    ("cpu", "train", "spleen", 96, "peak_bytes", "swinunetr", 0.35),
+    ("cpu", "train", "spleen", 96, "time_s", "swinunetr", 0.5),
+    ("cpu", "train", "spleen", 64, "peak_bytes", "swinunetr", 0.35),
+    ("cpu", "train", "spleen", 64, "time_s", "swinunetr", 0.5),
+    ("cuda", "train", "btcv", 128, "peak_bytes", "swinunetr", 0.50),
+    ("cuda", "train", "btcv", 128, "peak_bytes", "segmamba", 0.30),
+    ("cpu", "infer", "spleen", None, "time_s", "segresnet", 2.0),
+]
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except Exception:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_total() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        result = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return result.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _command() -> str:
+    arguments = list(sys.argv)
+    if arguments and Path(arguments[0]).name == "networks.py":  # run as python -m benchmarks.networks
+        arguments[:1] = ["-m", "benchmarks.networks"]
+    return " ".join(["python", *arguments])
+
+
+def environment(device: str) -> dict:
+    """Hardware, versions and date of a run on ``device``."""
+    from custom_nets.ops.cuda_kernels import causal_conv1d_kernel, selective_scan_kernel
+
+    scan_kernel, scan_reason = selective_scan_kernel()
+    conv_kernel, conv_reason = causal_conv1d_kernel()
+    stamp = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_bytes": _memory_total(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "monai": _version("monai"),
+        "numpy": _version("numpy"),
+        "segresmamba": _version("custom_nets"),
+        "git_commit": _git_commit(),
+        "mamba_scan_kernel": "available" if scan_kernel is not None else f"unavailable ({scan_reason})"[:200],
+        "causal_conv1d_kernel": "available" if conv_kernel is not None else f"unavailable ({conv_reason})"[:200],
+        "command": _command(),
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(0)
+        stamp.update(gpu=properties.name, gpu_memory_bytes=properties.total_memory, gpu_count=torch.cuda.device_count())
+    return stamp
+
+
+def _write_atomic(path: Path, text: str | bytes) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(text.encode() if isinstance(text, str) else text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_results(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"results file not found: {path}")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"results file {path} is not valid JSON: {error}") from error
+    if not isinstance(results, dict) or "records" not in results or "environment" not in results:
+        raise ValueError(f"results file {path} lacks 'environment' and 'records'")
+    return results
+
+
+def write_results(out_dir: str | Path, results: dict, plot: bool = True) -> list[Path]:
+    """Write ``results.json``, ``results.md`` and (with ``plot``) ``memory_vs_parameters.png`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "results.json", out_dir / "results.md"]
+    _write_atomic(written[0], json.dumps(results, indent=2) + "\n")
+    _write_atomic(written[1], render_markdown(results))
+    if plot:
+        from .plot import plot_memory_vs_parameters
+
+        png = out_dir / "memory_vs_parameters.png"
+        if plot_memory_vs_parameters(results, png):
+            written.append(png)
+    return written
+
+
+# ---- markdown ----------------------------------------------------------------------------------------------
+
+
+def _order(record: dict) -> tuple:
+    """Networks in the zoo's order, CUDA scan before torch scan."""
+    from .zoo import NETWORKS
+
+    names = list(NETWORKS)
+    network = record.get("network")
+    return (names.index(network) if network in names else len(names), record.get("scan_backend") != "cuda")
+
+
+def _label(record: dict) -> str:
+    backend = record.get("scan_backend")
+    return f"{record['network']} [{backend}]" if backend else record["network"]
+
+
+def _group_key(record: dict) -> tuple:
+    return record["kind"], record.get("task", "spleen"), record.get("patch")
+
+
+def _find(records: list[dict], network: str, key: tuple, backend: str | None) -> dict | None:
+    """The ok record of ``network`` in group ``key``; a Mamba reference prefers the same scan backend."""
+    found = [r for r in records if r["network"] == network and _group_key(r) == key and r.get("status") == "ok"]
+    same = [r for r in found if r.get("scan_backend") == backend]
+    if same:
+        return same[0]
+    return next((r for r in found if r.get("scan_backend") == "cuda"), found[0] if found else None)
+
+
+def ratio(records: list[dict], record: dict, reference: str, quantity: str) -> float | None:
+    other = _find(records, reference, _group_key(record), record.get("scan_backend"))
+    if record.get("status") != "ok" or other is None or not other.get(quantity):
+        return None
+    return record[quantity] / other[quantity]
+
+
+def _fmt(value, digits: int = 2, scale: float = 1.0) -> str:
+    return "-" if value is None else f"{value / scale:.{digits}f}"
+
+
+def _status(record: dict) -> str:
+    status = record.get("status", "?")
+    return status if status == "ok" else f"{status}: {record.get('error', '')}".replace("|", "/")[:160]
+
+
+def _table(records: list[dict], all_records: list[dict], memory_header: str) -> list[str]:
+    lines = [
+        f"| network | params (M) | {memory_header} | time (s) | mem / SwinUNETR | mem / SegMamba "
+        "| time / SwinUNETR | time / SegMamba | status |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        ratios = [_fmt(ratio(all_records, r, ref, q)) for q in ("peak_bytes", "time_s") for ref in REFERENCES]
+        lines.append(
+            f"| {_label(r)} | {_fmt(r.get('parameters'), 2, 1e6)} | {_fmt(r.get('peak_bytes'), 3, GIB)} "
+            f"| {_fmt(r.get('time_s'), 3)} | {' | '.join(ratios)} | {_status(r)} |"
+        )
+    return lines
+
+
+def _memory_header(records: list[dict]) -> str:
+    measures = {r.get("peak_measure") for r in records if r.get("peak_measure")}
+    return f"{' / '.join(sorted(measures)) or 'peak memory'} (GiB)"
+
+
+def _module_lines(record: dict, top: int = 10) -> list[str]:
+    from .profile import roll_up
+
+    saved = record.get("saved_bytes", {})
+    seconds = record.get("forward_seconds", {})
+    parameters = record.get("parameters_per_part", {})
+    total_bytes = record.get("saved_total_bytes") or 1
+    total_seconds = record.get("forward_total_s") or 1
+    saved_parts, second_parts = roll_up(saved), roll_up(seconds)
+    lines = [
+        f"{_label(record)}, {record.get('task')} {record.get('patch')}^3, {record['device']}"
+        f"{' AMP' if record.get('amp') else ''}: {total_bytes / GIB:.3f} GiB saved for backward by forward and loss "
+        f"(weights left out), forward pass {total_seconds:.2f} s without gradients (each module's own time, "
+        f"children's excluded).",
+        "",
+        "| part | params (M) | saved (GiB) | share | forward (s) | share |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys([*saved_parts, *second_parts]):
+        nbytes, secs = saved_parts.get(name, 0), second_parts.get(name, 0.0)
+        lines.append(
+            f"| {name} | {_fmt(parameters.get(name), 3, 1e6)} | {nbytes / GIB:.3f} | {100 * nbytes / total_bytes:.1f}% "
+            f"| {secs:.3f} | {100 * secs / total_seconds:.1f}% |"
+        )
+    lines += ["", f"Largest modules (depth {record.get('depth')}):", "",
+              "| by saved memory | GiB | by forward time | s |", "|---|---|---|---|"]
+    by_bytes, by_seconds = list(saved.items())[:top], list(seconds.items())[:top]
+    for index in range(max(len(by_bytes), len(by_seconds))):
+        left = f"{by_bytes[index][0]} | {by_bytes[index][1] / GIB:.3f}" if index < len(by_bytes) else " | "
+        right = f"{by_seconds[index][0]} | {by_seconds[index][1]:.3f}" if index < len(by_seconds) else " | "
+        lines.append(f"| {left} | {right} |")
+    return lines
+
+
+def _targets(records: list[dict], device: str) -> list[str]:
+    lines = []
+    modules = next((r for r in records if r["kind"] == "modules" and r.get("status") == "ok"), None)
+    dominant = {"peak_bytes": "", "time_s": ""}
+    if modules:
+        top = list(modules.get("saved_bytes", {}).items())[:3]
+        dominant["peak_bytes"] = "; largest saved activations: " + ", ".join(f"{n} {b / GIB:.2f} GiB" for n, b in top)
+        top = list(modules.get("forward_seconds", {}).items())[:3]
+        dominant["time_s"] = "; slowest modules in the forward pass: " + ", ".join(f"{n} {t:.2f} s" for n, t in top)
+    for target_device, kind, task, patch, quantity, reference, bound in TARGETS:
+        if target_device != device:
+            continue
+        candidates = [
+            r for r in records
+            if r["kind"] == kind and r["network"] == "segresmamba" and r.get("task", "spleen") == task
+            and (patch is None or r.get("patch") == patch) and r.get("status") == "ok"
+        ]
+        what = "peak memory" if quantity == "peak_bytes" else "time"
+        where = f"{kind} {task}" + (f" {patch}^3" if patch else "")
+        if not candidates:
+            lines.append(f"- {where}: SegResMamba {what} <= {bound}x {reference}: not measured in this run")
+            continue
+        for r in candidates:
+            value = ratio(records, r, reference, quantity)
+            verdict = "not measured" if value is None else ("met" if value <= bound else "missed")
+            lines.append(
+                f"- {where}, {_label(r)}: {what} / {reference} = {_fmt(value)} (target <= {bound}): {verdict}"
+                + (dominant[quantity] if verdict == "missed" and kind == "train" else "")
+            )
+    if device == "cuda":
+        for r in records:
+            if (r["kind"], r["network"], r["task"], r.get("patch"), r.get("status")) == (
+                "train", "segresmamba", "btcv", 128, "ok"
+            ):
+                verdict = "met" if r["peak_bytes"] <= PAPER_BTCV_SEGRESMAMBA_BYTES else "missed"
+                lines.append(
+                    f"- train btcv 128^3, {_label(r)}: peak {r['peak_bytes'] / 1e9:.2f} GB (10^9 bytes) vs the "
+                    f"paper's 5.10 GB: {verdict}"
+                )
+    return lines
+
+
+def render_markdown(results: dict) -> str:
+    env, records = results["environment"], results["records"]
+    device = env.get("device", "cpu")
+    hardware = env.get("gpu") or env.get("cpu")
+    lines = [
+        f"# Network benchmark, {device.upper()}",
+        "",
+        f"Run {env.get('date')} on {hardware} ({env.get('cpu_count')} logical CPUs, torch threads "
+        f"{env.get('torch_threads')}); python {env.get('python')}, torch {env.get('torch')} (CUDA "
+        f"{env.get('torch_cuda')}), monai {env.get('monai')}, numpy {env.get('numpy')}; git {env.get('git_commit')}.",
+        f"Mamba scan kernel: {env.get('mamba_scan_kernel')}; causal-conv1d kernel: {env.get('causal_conv1d_kernel')}.",
+        f"Command: `{env.get('command')}`",
+        "",
+    ]
+    notes = results.get("notes") or []
+    lines += [f"- {note}" for note in notes] + ([""] if notes else [])
+    if device == "cpu":
+        lines += [
+            "Memory on CPU is the **peak RSS increase**: RSS high-water mark during the measured steps minus the RSS "
+            "just before them, each case in a fresh process with `MALLOC_MMAP_THRESHOLD_=65536`. For training it "
+            "leaves out the weights, the Adam state and the batch (they are in the RSS before the steps), and "
+            "covers activations, gradients and temporaries. float32, no AMP.",
+        ]
+    else:
+        lines += [
+            "Memory on CUDA is `torch.cuda.max_memory_allocated` over the measured steps (weights, Adam state, "
+            "activations, gradients, workspaces), float16 AMP with a gradient scaler.",
+        ]
+    lines += ["Time is the median of the measured steps after one warm-up step. Batch 1, Adam. GiB = 2^30 bytes.", ""]
+
+    train = [r for r in records if r["kind"] == "train"]
+    ablation_names = ("segresmamba_",)
+    main = [r for r in train if not r["network"].startswith(ablation_names)]
+    ablations = [r for r in train if r["network"].startswith(ablation_names) or r["network"] == "segresmamba"]
+    if main:
+        lines += ["## One training step (forward, loss, backward, Adam)", ""]
+        for key in dict.fromkeys(_group_key(r) for r in main):
+            group = sorted((r for r in main if _group_key(r) == key), key=_order)
+            first = group[0]
+            lines += [f"### {key[1]} {key[2]}^3 ({first.get('in_channels', '?')} -> {first.get('out_channels', '?')})", ""]
+            lines += _table(group, records, _memory_header(group)) + [""]
+    ablation_groups = [k for k in dict.fromkeys(_group_key(r) for r in ablations)
+                       if any(r["network"] != "segresmamba" for r in ablations if _group_key(r) == k)]
+    if ablation_groups:
+        lines += ["## SegResMamba ablations (one training step)", ""]
+        for key in ablation_groups:
+            group = sorted((r for r in ablations if _group_key(r) == key), key=_order)
+            lines += [f"### {key[1]} {key[2]}^3", ""]
+            lines += [
+                "| variant | params (M) | peak (GiB) | time (s) | mem / default | time / default | status |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for r in group:
+                default = _find(records, "segresmamba", key, r.get("scan_backend"))
+                mem = r["peak_bytes"] / default["peak_bytes"] if default and r.get("status") == "ok" else None
+                tim = r["time_s"] / default["time_s"] if default and r.get("status") == "ok" else None
+                lines.append(
+                    f"| {_label(r)} | {_fmt(r.get('parameters'), 2, 1e6)} | {_fmt(r.get('peak_bytes'), 3, GIB)} "
+                    f"| {_fmt(r.get('time_s'), 3)} | {_fmt(mem)} | {_fmt(tim)} | {_status(r)} |"
+                )
+            lines.append("")
+    infer = [r for r in records if r["kind"] == "infer"]
+    if infer:
+        first = next((r for r in infer if r.get("volume_shape")), infer[0])
+        lines += [
+            "## Sliding-window inference on the shipped CT",
+            "",
+            f"example_ct.nii.gz preprocessed like the spleen bundle (RAS, spacing 1.5 x 1.5 x 2.0 mm, -57..164 HU "
+            f"-> 0..1): volume {first.get('volume_shape')}{' (centre crop)' if first.get('cropped') else ''}, "
+            f"roi {first.get('roi')}^3, overlap {first.get('overlap')}, sw_batch_size {first.get('sw_batch_size')}, "
+            f"{first.get('windows')} windows; 2 output channels.",
+            "",
+            "| network | params (M) | peak (GiB) | time (s) | time / SegResNet | mem / SwinUNETR | time / SwinUNETR | status |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in sorted(infer, key=_order):
+            lines.append(
+                f"| {_label(r)} | {_fmt(r.get('parameters'), 2, 1e6)} | {_fmt(r.get('peak_bytes'), 3, GIB)} "
+                f"| {_fmt(r.get('time_s'), 2)} | {_fmt(ratio(records, r, 'segresnet', 'time_s'))} "
+                f"| {_fmt(ratio(records, r, 'swinunetr', 'peak_bytes'))} "
+                f"| {_fmt(ratio(records, r, 'swinunetr', 'time_s'))} | {_status(r)} |"
+            )
+        lines.append("")
+    modules = [r for r in records if r["kind"] == "modules"]
+    if modules:
+        lines += ["## Where training memory and time go (SegResMamba, per module)", ""]
+        for r in modules:
+            lines += (_module_lines(r) if r.get("status") == "ok" else [f"{_label(r)}: {_status(r)}"]) + [""]
+    targets = _targets(records, device)
+    if targets:
+        lines += ["## Targets", ""] + targets + [""]
+    return "\n".join(lines)

@@ -1,0 +1,5 @@
+"""Ignite handlers for SegResMamba bundles."""
+
+from .energy import EnergyReport
+
+__all__ = ["EnergyReport"]

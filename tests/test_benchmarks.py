@@ -1,0 +1,234 @@
+"""Quick checks of the benchmark code: the SegMamba baseline, the energy handler, the meters and the writers."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+
+from benchmarks.memory import CpuPeakMeter
+from benchmarks.profile import forward_seconds_per_module, roll_up, saved_tensor_bytes_per_module
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a machine shared with other work, two OpenMP threads run these steps 3-10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def segmamba_module():
+    from benchmarks.baselines import segmamba  # imports monai (slow): once per session
+
+    return segmamba
+
+
+def small_segmamba(segmamba_module, in_channels=1, out_channels=3):
+    torch.manual_seed(0)
+    return segmamba_module.SegMamba(
+        in_channels, out_channels, widths=(8, 16, 32, 64), hidden_size=128, scan_backend="torch"
+    )
+
+
+# ---- SegMamba baseline -------------------------------------------------------------------------------------
+
+
+def test_segmamba_shapes_and_gradients(segmamba_module):
+    from custom_nets.blocks import TriOrientedMamba
+
+    net = small_segmamba(segmamba_module, in_channels=2, out_channels=3)
+    toms = [m for m in net.modules() if isinstance(m, TriOrientedMamba)]
+    assert len(toms) == 8  # two per stage, four stages
+    x = torch.randn(1, 2, 16, 32, 48)  # anisotropic: the inter-slice order must follow the real depth
+    y = net(x)
+    assert y.shape == (1, 3, 16, 32, 48)
+    y.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in toms[0].parameters())
+    assert toms[0].scans[2].A_log.grad.abs().sum() > 0  # the inter-slice scan takes part
+
+
+def test_segmamba_default_widths(segmamba_module):
+    net = segmamba_module.SegMamba(1, 14)
+    assert [gsc.mix.conv.in_channels for gsc in net.gscs] == [48, 96, 192, 384]
+    assert net.lifts[-1].layer.conv1.conv.out_channels == 768  # the bottleneck the decoder starts from
+
+
+def test_segmamba_rejects_bad_input(segmamba_module):
+    net = small_segmamba(segmamba_module)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        net(torch.randn(1, 1, 24, 32, 32))
+    with pytest.raises(ValueError, match=r"\(batch, 1, D, H, W\)"):
+        net(torch.randn(1, 2, 32, 32, 32))
+
+
+def test_gated_spatial_conv_gates(segmamba_module):
+    torch.manual_seed(0)
+    gsc = segmamba_module.GatedSpatialConv(3, 8).eval()
+    x = torch.randn(1, 8, 8, 8, 8)
+    with torch.no_grad():
+        expected = x + gsc.mix(gsc.spatial(x) * gsc.gate(x))
+        assert torch.allclose(gsc(x), expected)
+        nn.init.zeros_(gsc.gate.conv.weight), nn.init.constant_(gsc.gate.conv.bias, -1.0)  # gate -> relu -> 0
+        assert torch.allclose(gsc(x), x + gsc.mix(torch.zeros_like(x)))
+
+
+# ---- energy handler ----------------------------------------------------------------------------------------
+
+
+def run_engine(handler, epochs=2, fail=False):
+    from ignite.engine import Engine
+
+    def step(engine, batch):
+        if fail:
+            raise RuntimeError("training broke")
+        return batch
+
+    engine = Engine(step)
+    handler.attach(engine)
+    engine.run([1, 2, 3], max_epochs=epochs)
+    return engine
+
+
+def test_energy_report_writes_json(tmp_path, capsys):
+    from custom_nets.handlers import EnergyReport
+
+    handler = EnergyReport(tmp_path / "run", device="cpu", cpu_watts_per_core=12.5, cpu_cores=2)
+    run_engine(handler)
+    report = json.loads((tmp_path / "run" / "energy.json").read_text())
+    assert report["power_watts"] == 25.0 and report["iterations"] == 6 and report["epochs"] == 2
+    assert report["energy_kwh"] == pytest.approx(25.0 * report["seconds"] / 3.6e6, rel=1e-3, abs=1e-12)
+    assert report["co2_kg"] == pytest.approx(report["energy_kwh"] * 0.61)
+    assert "Energy estimate" in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["energy.json"]
+
+
+def test_energy_report_defaults_and_arguments(tmp_path):
+    from custom_nets.handlers import EnergyReport
+    from custom_nets.handlers.energy import DEFAULT_GPU_WATTS
+
+    gpu = EnergyReport(tmp_path).estimate(3600.0, torch.device("cuda"))
+    assert gpu["power_watts"] == DEFAULT_GPU_WATTS == 250.0
+    assert gpu["energy_kwh"] == pytest.approx(0.25) and gpu["co2_kg"] == pytest.approx(0.25 * 0.61)
+    given = EnergyReport(tmp_path, power_watts=400, carbon_intensity=0.2).estimate(1800.0, torch.device("cpu"))
+    assert given["energy_kwh"] == pytest.approx(0.2) and given["co2_kg"] == pytest.approx(0.04)
+    for bad in ({"power_watts": 0}, {"carbon_intensity": -1}, {"cpu_cores": 0}, {"cpu_watts_per_core": -5}):
+        with pytest.raises(ValueError):
+            EnergyReport(tmp_path, **bad)
+
+
+def test_energy_report_nothing_on_failure(tmp_path):
+    from custom_nets.handlers import EnergyReport
+
+    with pytest.raises(RuntimeError, match="training broke"):
+        run_engine(EnergyReport(tmp_path / "run", device="cpu"), fail=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_energy_report_in_monai_trainer(tmp_path):
+    from monai.engines import SupervisedTrainer
+
+    from custom_nets.handlers import EnergyReport
+
+    network = nn.Conv3d(1, 2, 1)
+    data = [{"image": torch.randn(1, 1, 4, 4, 4), "label": torch.randn(1, 2, 4, 4, 4)} for _ in range(2)]
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=data, network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=0.1), loss_function=nn.MSELoss(),
+        train_handlers=[EnergyReport(tmp_path, cpu_cores=1)],
+    )
+    trainer.run()
+    report = json.loads((tmp_path / "energy.json").read_text())
+    assert report["device"] == "cpu" and report["power_watts"] == 10.0 and report["iterations"] == 2
+
+
+# ---- meters and writers ------------------------------------------------------------------------------------
+
+
+def test_saved_tensor_bytes_per_module():
+    net = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+    x = torch.randn(100, 10)
+    saved = saved_tensor_bytes_per_module(net, lambda: net(x).sum())
+    # Linear 0 keeps its input (its weight is a parameter: left out); ReLU keeps its output, which Linear 2 keeps
+    # too: one storage, counted once, for its first saver.
+    assert saved == {"1": 100 * 20 * 4, "0": 100 * 10 * 4}
+    assert roll_up({"stages.0.tom_full": 3, "stages.0.up": 2, "stem": 1}) == {"stages.0": 5, "stem": 1}
+
+
+class Sleeper(nn.Module):
+    def __init__(self, seconds: float, child: nn.Module | None = None) -> None:
+        super().__init__()
+        self.seconds, self.child = seconds, child
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return self.child(x) if self.child is not None else x
+
+
+def test_forward_seconds_are_exclusive():
+    net = nn.Sequential(Sleeper(0.02, child=Sleeper(0.1)))
+    seconds = forward_seconds_per_module(net, lambda: net(torch.zeros(1)))
+    assert seconds["0.child"] >= 0.1
+    assert 0.02 <= seconds["0"] < 0.1  # the child's time is not counted again in its parent
+
+
+def test_cpu_peak_meter_sees_a_freed_allocation():
+    meter = CpuPeakMeter()
+    meter.start()
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    del block
+    assert meter.stop() >= 60 * 2**20
+
+
+def test_sliding_windows_matches_monai():
+    from monai.inferers import sliding_window_inference
+
+    from benchmarks.cases import sliding_windows
+
+    calls = []
+
+    def predictor(window):
+        calls.append(window.shape[0])
+        return window
+
+    sliding_window_inference(torch.zeros(1, 1, 20, 17, 8), (8, 8, 8), 1, predictor, overlap=0.5)
+    assert sum(calls) == sliding_windows((20, 17, 8), 8, 0.5)
+
+
+def test_plan_covers_the_issue():
+    from benchmarks.networks import plan
+
+    cpu = plan("cpu")
+    assert {c["scan_backend"] for c in cpu} == {"torch"}
+    assert {(c["network"], c["patch"]) for c in cpu if c["kind"] == "train"} >= {
+        ("segresmamba", 96), ("swinunetr", 96), ("segmamba", 64), ("segresmamba_checkpointing", 64)
+    }
+    assert sum(c["kind"] == "infer" for c in cpu) == 6
+    gpu = [c for c in plan("cuda") if c["kind"] == "train" and c["task"] == "btcv"]
+    assert {(c["network"], c["scan_backend"]) for c in gpu} >= {
+        ("segresmamba", "cuda"), ("segresmamba", "torch"), ("segmamba", "cuda"), ("swinunetr_no_checkpoint", "torch")
+    }
+
+
+def test_run_writes_results(tmp_path):
+    """One real CPU case through the subprocess runner, then the JSON, markdown and plot writers."""
+    from benchmarks.networks import run
+    from benchmarks.report import load_results
+
+    out = tmp_path / "cpu"
+    run("cpu", out=str(out), sections=("train",), networks=("unet",), cpu_patches=(32,), repeats=1, threads=1)
+    results = load_results(out / "results.json")
+    assert {"date", "torch", "monai", "cpu"} <= set(results["environment"])
+    (record,) = results["records"]
+    assert record["status"] == "ok", record
+    assert record["peak_measure"] == "peak RSS increase" and record["peak_bytes"] > 0 and record["time_s"] > 0
+    markdown = (out / "results.md").read_text()
+    assert f"| unet | {record['parameters'] / 1e6:.2f} | {record['peak_bytes'] / 2**30:.3f} |" in markdown
+    assert (out / "memory_vs_parameters.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(FileNotFoundError, match="results file not found"):
+        load_results(tmp_path / "missing.json")
