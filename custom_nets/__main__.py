@@ -30,10 +30,17 @@ def overfit(steps: int = 150, crop: int = 64, feature_size: int = 8) -> None:
     )
 
 
+def demo(output_dir: str = "outputs/demo", epochs: int = 40) -> None:
+    """Train the spleen bundle on the shipped CT, evaluate it, segment the CT, write the mask, Dice and a PNG."""
+    from .demo.spleen import run_demo
+
+    run_demo(output_dir=output_dir, epochs=epochs)
+
+
 def main() -> None:
     from .cli import predict_command
 
-    fire.Fire({"summary": summary, "overfit": overfit, "demo": overfit, "predict": predict_command})
+    fire.Fire({"summary": summary, "overfit": overfit, "demo": demo, "predict": predict_command})
 
 
 if __name__ == "__main__":
