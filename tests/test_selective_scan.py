@@ -201,3 +201,16 @@ def test_float32_gradients_stay_finite_where_chunks_reach_the_decay_bound():
     for name, grad, expected_grad in zip(leaves, grads, expected_grads):
         assert torch.isfinite(grad).all(), name
         torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-3, atol=1e-3 * (expected_grad.abs().max().item() + 1), msg=name)
+
+
+def test_reduced_precision_matmul_settings_do_not_change_the_scan(short_chunks):
+    """Under a lower float32 matmul precision the scan takes its cumsum path and stays exact."""
+    inputs = make_inputs(dtype=torch.float32)
+    expected, _ = selective_scan_stepwise(**{n: t.double() for n, t in inputs.items()}, delta_softplus=True)
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        out = selective_scan(**inputs, delta_softplus=True, backend="torch")
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)

@@ -187,8 +187,8 @@ def _scan_segment(dt, u, A, B, C, h0, chunk: int):
     Inside a chunk, with ``E_t = exp(A * sum(dt[1..t]))`` the decay after the chunk's first step,
     ``h_t = E_t * (exp(A * dt_0) * h_in + sum_{s<=t} dt_s B_s u_s / E_s)``; ``_plan`` keeps
     ``|A * sum(dt[1..t])|`` under ``MAX_LOG_DECAY`` so that ``1 / E_s`` stays finite. All chunks of the segment
-    are computed at once, and the states entering them by a parallel scan over the chunks. The prefix sum is a
-    product with a lower-triangular matrix of ones, which beats ``cumsum`` over a middle dimension on CPU.
+    are computed at once, and the states entering them by a parallel scan over the chunks. On CPU the prefix sum
+    is a product with a lower-triangular matrix of ones, which beats ``cumsum`` over a middle dimension.
 
     Shapes (time-major): ``dt, u`` (b, g, S, dg); ``A`` (g, 1, dg, N); ``B, C`` (b, g, S, N);
     ``h0`` (b, g, dg, N). Returns ``y`` (b, g, S, dg) and the state after the segment.
@@ -212,10 +212,21 @@ def _scan_segment(dt, u, A, B, C, h0, chunk: int):
     local_end = decay[:, :, :, -1] * scaled.sum(3)  # state at each chunk's end, from a zero start
     entering, h = _chain_chunks(chunk_decay, local_end, h0)
     scaled[:, :, :, 0] += first_decay * entering
-    lower_ones = torch.ones(chunk, chunk, dtype=dt.dtype, device=dt.device).tril()
-    states = decay * torch.matmul(lower_ones, scaled.flatten(4)).reshape(scaled.shape)  # h_t at every step
-    y = torch.matmul(states, C.unsqueeze(-1)).reshape(batch, groups, chunks * chunk, per_group)
-    return y[:, :, :length], h
+    if _full_precision_matmul(dt):
+        lower_ones = torch.ones(chunk, chunk, dtype=dt.dtype, device=dt.device).tril()
+        states = decay * torch.matmul(lower_ones, scaled.flatten(4)).reshape(scaled.shape)  # h_t at every step
+        y = torch.matmul(states, C.unsqueeze(-1))
+    else:
+        states = decay * scaled.cumsum(3)
+        y = (states * C.unsqueeze(4)).sum(-1)
+    return y.reshape(batch, groups, chunks * chunk, per_group)[:, :, :length], h
+
+
+def _full_precision_matmul(t: torch.Tensor) -> bool:
+    """Whether float32 matmuls on ``t``'s device keep full precision. The scaled terms span up to e^60, so
+    reduced-precision matmuls (TF32 on CUDA, bfloat16 under a lower float32 matmul precision) would round them
+    to 8-11 bits; there, and on CUDA where cumsum is fast anyway, the prefix sum is a cumsum."""
+    return t.device.type == "cpu" and (t.dtype == torch.float64 or torch.get_float32_matmul_precision() == "highest")
 
 
 def _chain_chunks(decay: torch.Tensor, local_end: torch.Tensor, h0: torch.Tensor):
