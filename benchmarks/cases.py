@@ -8,6 +8,7 @@ turned into records by ``run_case``: ``status`` is ``"ok"``, ``"oom"`` (out of m
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import math
 import statistics
@@ -134,6 +135,14 @@ def sliding_windows(shape, roi: int, overlap: float) -> int:
     return math.prod(1 if n <= roi else math.ceil((n - roi) / step) + 1 for n in shape)
 
 
+@functools.lru_cache(maxsize=2)
+def _load_ct_once(path: str, crop: int | None) -> torch.Tensor:
+    """The preprocessed CT, read once per process (CUDA runs every inference case in one process)."""
+    from .ct import load_ct
+
+    return load_ct(path, crop=crop)
+
+
 def measure_infer(
     network: str,
     device: str = "cpu",
@@ -153,10 +162,10 @@ def measure_infer(
     """
     from monai.inferers import sliding_window_inference
 
-    from .ct import DEFAULT_CT, load_ct
+    from .ct import DEFAULT_CT
 
     spec, device = TASKS["spleen"], torch.device(device)
-    volume = load_ct(ct or DEFAULT_CT, crop=crop)
+    volume = _load_ct_once(str(ct or DEFAULT_CT), crop)
     net = build_network(network, spec, roi, scan_backend).to(device).eval()
     image = volume.to(device)
     with torch.no_grad(), _autocast(device, amp):

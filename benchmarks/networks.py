@@ -6,7 +6,8 @@ Commands (``python -m benchmarks.networks COMMAND --help``)::
     case    run one case in this process and print its record as one JSON line (what ``run`` spawns on CPU)
     report  re-render results.md and the plot from a results.json
 
-CPU: each case runs in a fresh subprocess with ``MALLOC_MMAP_THRESHOLD_=65536`` (see ``benchmarks.memory``).
+CPU: each case runs in fresh subprocesses: memory with ``MALLOC_MMAP_THRESHOLD_=65536`` (see
+``benchmarks.memory``), time with the default malloc.
 CUDA: every case runs in this process; the peak is reset before each (``torch.cuda.max_memory_allocated``).
 """
 
@@ -37,7 +38,7 @@ ABLATIONS = (
     "segresmamba_checkpointing",
 )
 SECTIONS = ("train", "ablations", "modules", "infer")
-CPU_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def _cuda_scan_available() -> bool:
@@ -59,9 +60,9 @@ def plan(
 
     CPU (the paper's spleen setting, 1 -> 2, at reduced sizes where needed): training steps at ``cpu_patches``,
     the ablations and the memory per module at ``cpu_ablation_patches``, inference on the CT, torch scan.
-    CUDA: BTCV 128^3 training steps (both scan backends for Mamba networks, SwinUNETR also without
-    checkpointing), memory per module and ablations there, inference on the CT when given, then Spleen 96^3
-    and BraTS 128^3 training steps.
+    CUDA: BTCV 128^3 training steps (both scan backends for Mamba networks, 2 steps for the slow torch scan;
+    SwinUNETR also without checkpointing), memory per module and ablations there, inference on the CT when
+    given, then Spleen 96^3 and BraTS 128^3 training steps (CUDA scan when installed).
     """
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -72,15 +73,17 @@ def plan(
     preferred = "cuda" if cuda and _cuda_scan_available() else "torch"
 
     def train(network: str, task: str, patch: int, backend: str) -> dict:
+        # On CUDA the torch scan takes seconds a step where the kernel takes a tenth: fewer steps keep the run short.
+        steps = min(repeats, 2) if cuda and backend == "torch" and network in MAMBA_NETWORKS else repeats
         return {"kind": "train", "network": network, "task": task, "patch": patch, "scan_backend": backend,
-                "repeats": repeats}
+                "repeats": steps}
 
-    def compared(task: str, patch: int) -> list[dict]:
+    def compared(task: str, patch: int, scan_backends=backends) -> list[dict]:
         networks = COMPARED + (("swinunetr_no_checkpoint",) if cuda else ())
         return [
             train(network, task, patch, backend)
             for network in networks
-            for backend in (backends if network in MAMBA_NETWORKS else (preferred,))
+            for backend in (scan_backends if network in MAMBA_NETWORKS else (preferred,))
         ]
 
     cases: list[dict] = []
@@ -104,7 +107,7 @@ def plan(
         ]
     if "train" in sections and cuda:
         for task, patch in (("spleen", 96), ("brats", 128)):
-            cases += compared(task, patch)
+            cases += compared(task, patch, scan_backends=(preferred,))
     return cases
 
 
@@ -117,24 +120,49 @@ def _case_arguments(case: dict) -> list[str]:
     return [f"--{key}={value}" for key, value in case.items()]
 
 
-def _run_in_subprocess(case: dict, timeout: float, threads: int | None = None) -> dict:
+def _run_in_subprocess(case: dict, timeout: float, threads: int | None, env: dict[str, str]) -> dict:
     """One CPU case in a fresh interpreter, so that its peak RSS is its own."""
     path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, **CPU_ENV, "PYTHONPATH": path}
+    child_env = {key: value for key, value in os.environ.items() if key not in MEMORY_ENV}
+    child_env.update(env, PYTHONPATH=path)
     if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        child_env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     command = [sys.executable, "-m", "benchmarks.networks", "case", "--device=cpu", *_case_arguments(case)]
     try:
-        finished = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        finished = subprocess.run(command, cwd=REPO_ROOT, env=child_env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {**case, "device": "cpu", "status": "timeout", "error": f"no result within {timeout:.0f} s"}
+        return {"task": "spleen", **case, "device": "cpu", "status": "timeout", "error": f"no result within {timeout:.0f} s"}
     lines = [line for line in finished.stdout.splitlines() if line.startswith("{")]
     if finished.returncode != 0 or not lines:
         tail = (finished.stderr or finished.stdout).strip().splitlines()[-1:] or ["no output"]
         status = "oom" if finished.returncode in (-9, 137) else "error"
-        return {**case, "device": "cpu", "status": status,
+        return {"task": "spleen", **case, "device": "cpu", "status": status,
                 "error": f"exit code {finished.returncode}: {tail[0][:400]}"}
     return json.loads(lines[-1])
+
+
+def _measure_on_cpu(case: dict, timeout: float, threads: int | None) -> dict:
+    """Memory and time of a CPU case from two fresh processes.
+
+    Memory: one step (after the warm-up) with ``MALLOC_MMAP_THRESHOLD_=65536``, so that freed tensors leave the
+    RSS. Time: ``repeats`` steps with glibc's default malloc, because that threshold turns every large allocation
+    into a fresh mapping and slows steps down (3x seen). The per-module profile needs no RSS: default malloc.
+    """
+    if case["kind"] == "modules":
+        return _run_in_subprocess(case, timeout, threads, {})
+    memory = _run_in_subprocess({**case, "repeats": 1}, timeout, threads, MEMORY_ENV)
+    if memory.get("status") != "ok":
+        return memory
+    timing = _run_in_subprocess(case, timeout, threads, {})
+    if timing.get("status") != "ok":
+        return timing
+    return {
+        **timing,
+        "peak_bytes": memory["peak_bytes"],
+        "baseline_bytes": memory["baseline_bytes"],
+        "peak_measure": memory["peak_measure"],
+        "memory_steps": memory["repeats"],
+    }
 
 
 def _describe(record: dict) -> str:
@@ -214,14 +242,18 @@ def run(
         notes.append(f"CPU threads per case: {threads or 'torch default (one per core)'}.")
         if crop:
             notes.append(f"CPU inference on a centre crop of at most {crop} voxels per axis of the CT, for time.")
+    else:
+        torch.backends.cudnn.benchmark = True  # as the Model Zoo bundles train; its autotuning runs in the warm-up
+        notes.append("cudnn.benchmark on, as in the Model Zoo bundles (autotuning happens in the warm-up step).")
     results = {"environment": environment(device), "notes": notes, "records": records}
 
     started = time.perf_counter()
     for index, case in enumerate(cases, start=1):
         if budget is not None and time.perf_counter() - started > budget:
-            record = {**case, "device": device, "status": "skipped", "error": f"run budget of {budget:.0f} s spent"}
+            record = {"task": "spleen", **case, "device": device, "status": "skipped",
+                      "error": f"run budget of {budget:.0f} s spent"}
         elif device == "cpu":
-            record = _run_in_subprocess(case, timeout, threads)
+            record = _measure_on_cpu(case, timeout, threads)
         else:
             record = run_case(case, device)
         records.append(record)

@@ -21,13 +21,18 @@ def plot_memory_vs_parameters(results: dict, path: str | Path) -> bool:
         if r["kind"] == "train" and r.get("status") == "ok"
         and (r["network"] == "segresmamba" or not r["network"].startswith("segresmamba_"))
     ]
-    groups = list(dict.fromkeys((r["task"], r["patch"]) for r in records))
+    def key(record: dict) -> tuple:
+        return record["task"], record["patch"], record.get("run", 0)
+
+    # a group of SegResMamba alone is an ablation baseline, not a comparison
+    groups = [k for k in dict.fromkeys(map(key, records)) if any(r["network"] != "segresmamba" for r in records if key(r) == k)]
     if not groups:
         return False
     measure = records[0].get("peak_measure", "peak memory")
     figure, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
-    for axis, (task, patch) in zip(axes[0], groups):
-        for r in (r for r in records if (r["task"], r["patch"]) == (task, patch)):
+    for axis, group in zip(axes[0], groups):
+        task, patch, _ = group
+        for r in (r for r in records if key(r) == group):
             label = r["network"] + (f" [{r['scan_backend']}]" if r.get("scan_backend") else "")
             highlight = r["network"] == "segresmamba"
             axis.scatter(r["parameters"] / 1e6, r["peak_bytes"] / GIB, s=60 if highlight else 30,

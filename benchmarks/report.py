@@ -163,7 +163,9 @@ def _label(record: dict) -> str:
 
 
 def _group_key(record: dict) -> tuple:
-    return record["kind"], record.get("task", "spleen"), record.get("patch")
+    """Records compared with each other: same kind, task, patch, and run (results merged from several runs
+    carry a ``run`` number; ratios never cross runs)."""
+    return record["kind"], record.get("task", "spleen"), record.get("patch"), record.get("run", 0)
 
 
 def _find(records: list[dict], network: str, key: tuple, backend: str | None) -> dict | None:
@@ -246,14 +248,7 @@ def _module_lines(record: dict, top: int = 10) -> list[str]:
 
 
 def _targets(records: list[dict], device: str) -> list[str]:
-    lines = []
-    modules = next((r for r in records if r["kind"] == "modules" and r.get("status") == "ok"), None)
-    dominant = {"peak_bytes": "", "time_s": ""}
-    if modules:
-        top = list(modules.get("saved_bytes", {}).items())[:3]
-        dominant["peak_bytes"] = "; largest saved activations: " + ", ".join(f"{n} {b / GIB:.2f} GiB" for n, b in top)
-        top = list(modules.get("forward_seconds", {}).items())[:3]
-        dominant["time_s"] = "; slowest modules in the forward pass: " + ", ".join(f"{n} {t:.2f} s" for n, t in top)
+    lines, missed = [], set()
     for target_device, kind, task, patch, quantity, reference, bound in TARGETS:
         if target_device != device:
             continue
@@ -262,21 +257,20 @@ def _targets(records: list[dict], device: str) -> list[str]:
             if r["kind"] == kind and r["network"] == "segresmamba" and r.get("task", "spleen") == task
             and (patch is None or r.get("patch") == patch) and r.get("status") == "ok"
         ]
+        values = [(r, ratio(records, r, reference, quantity)) for r in candidates]
+        values = [(r, v) for r, v in values if v is not None]
         what = "peak memory" if quantity == "peak_bytes" else "time"
         where = f"{kind} {task}" + (f" {patch}^3" if patch else "")
-        if not candidates:
-            lines.append(f"- {where}: SegResMamba {what} <= {bound}x {reference}: not measured in this run")
-            continue
-        for r in candidates:
-            value = ratio(records, r, reference, quantity)
-            verdict = "not measured" if value is None else ("met" if value <= bound else "missed")
-            lines.append(
-                f"- {where}, {_label(r)}: {what} / {reference} = {_fmt(value)} (target <= {bound}): {verdict}"
-                + (dominant[quantity] if verdict == "missed" and kind == "train" else "")
-            )
+        if not values:
+            lines.append(f"- {where}: SegResMamba {what} <= {bound}x {reference}: not measured")
+        for r, value in values:
+            verdict = "met" if value <= bound else "missed"
+            if verdict == "missed" and kind == "train":
+                missed.add(quantity)
+            lines.append(f"- {where}, {_label(r)}: {what} / {reference} = {value:.2f} (target <= {bound}): {verdict}")
     if device == "cuda":
         for r in records:
-            if (r["kind"], r["network"], r["task"], r.get("patch"), r.get("status")) == (
+            if (r["kind"], r["network"], r.get("task"), r.get("patch"), r.get("status")) == (
                 "train", "segresmamba", "btcv", 128, "ok"
             ):
                 verdict = "met" if r["peak_bytes"] <= PAPER_BTCV_SEGRESMAMBA_BYTES else "missed"
@@ -284,6 +278,15 @@ def _targets(records: list[dict], device: str) -> list[str]:
                     f"- train btcv 128^3, {_label(r)}: peak {r['peak_bytes'] / 1e9:.2f} GB (10^9 bytes) vs the "
                     f"paper's 5.10 GB: {verdict}"
                 )
+    modules = next((r for r in records if r["kind"] == "modules" and r.get("status") == "ok"), None)
+    if modules and "peak_bytes" in missed:
+        top = list(modules.get("saved_bytes", {}).items())[:3]
+        lines.append("- Memory is dominated by the largest saved activations: "
+                     + ", ".join(f"{n} {b / GIB:.2f} GiB" for n, b in top) + " (see the per-module table).")
+    if modules and "time_s" in missed:
+        top = list(modules.get("forward_seconds", {}).items())[:3]
+        lines.append("- Time is dominated by the slowest modules of the forward pass: "
+                     + ", ".join(f"{n} {t:.2f} s" for n, t in top) + " (see the per-module table).")
     return lines
 
 
@@ -305,10 +308,12 @@ def render_markdown(results: dict) -> str:
     lines += [f"- {note}" for note in notes] + ([""] if notes else [])
     if device == "cpu":
         lines += [
-            "Memory on CPU is the **peak RSS increase**: RSS high-water mark during the measured steps minus the RSS "
-            "just before them, each case in a fresh process with `MALLOC_MMAP_THRESHOLD_=65536`. For training it "
-            "leaves out the weights, the Adam state and the batch (they are in the RSS before the steps), and "
-            "covers activations, gradients and temporaries. float32, no AMP.",
+            "Memory on CPU is the **peak RSS increase**: RSS high-water mark during one measured step (or inference "
+            "pass) minus the RSS just before it, after one warm-up, in a fresh process with "
+            "`MALLOC_MMAP_THRESHOLD_=65536` so that freed tensors leave the RSS. For training it leaves out the "
+            "weights, the Adam state and the batch (in the RSS before the step) and covers activations, gradients "
+            "and temporaries. Time comes from a second fresh process with glibc's default malloc (the mmap "
+            "threshold makes every large allocation a fresh mapping: 3x slower steps seen). float32, no AMP.",
         ]
     else:
         lines += [
@@ -321,12 +326,21 @@ def render_markdown(results: dict) -> str:
     ablation_names = ("segresmamba_",)
     main = [r for r in train if not r["network"].startswith(ablation_names)]
     ablations = [r for r in train if r["network"].startswith(ablation_names) or r["network"] == "segresmamba"]
-    if main:
+    several_runs = len({r.get("run", 0) for r in records}) > 1
+
+    def run_label(key: tuple) -> str:
+        return f" (run {key[3]})" if several_runs else ""
+
+    # a group holding SegResMamba alone is the default beside the ablations: it is shown with them
+    main_groups = [k for k in dict.fromkeys(_group_key(r) for r in main)
+                   if any(r["network"] != "segresmamba" for r in main if _group_key(r) == k)]
+    if main_groups:
         lines += ["## One training step (forward, loss, backward, Adam)", ""]
-        for key in dict.fromkeys(_group_key(r) for r in main):
+        for key in main_groups:
             group = sorted((r for r in main if _group_key(r) == key), key=_order)
             first = group[0]
-            lines += [f"### {key[1]} {key[2]}^3 ({first.get('in_channels', '?')} -> {first.get('out_channels', '?')})", ""]
+            lines += [f"### {key[1]} {key[2]}^3 ({first.get('in_channels', '?')} -> {first.get('out_channels', '?')})"
+                      f"{run_label(key)}", ""]
             lines += _table(group, records, _memory_header(group)) + [""]
     ablation_groups = [k for k in dict.fromkeys(_group_key(r) for r in ablations)
                        if any(r["network"] != "segresmamba" for r in ablations if _group_key(r) == k)]
@@ -334,7 +348,7 @@ def render_markdown(results: dict) -> str:
         lines += ["## SegResMamba ablations (one training step)", ""]
         for key in ablation_groups:
             group = sorted((r for r in ablations if _group_key(r) == key), key=_order)
-            lines += [f"### {key[1]} {key[2]}^3", ""]
+            lines += [f"### {key[1]} {key[2]}^3{run_label(key)}", ""]
             lines += [
                 "| variant | params (M) | peak (GiB) | time (s) | mem / default | time / default | status |",
                 "|---|---|---|---|---|---|---|",

@@ -227,6 +227,7 @@ def test_run_writes_results(tmp_path):
     (record,) = results["records"]
     assert record["status"] == "ok", record
     assert record["peak_measure"] == "peak RSS increase" and record["peak_bytes"] > 0 and record["time_s"] > 0
+    assert record["memory_steps"] == 1  # memory from its own process, time from another
     markdown = (out / "results.md").read_text()
     assert f"| unet | {record['parameters'] / 1e6:.2f} | {record['peak_bytes'] / 2**30:.3f} |" in markdown
     assert (out / "memory_vs_parameters.png").read_bytes()[:4] == b"\x89PNG"
