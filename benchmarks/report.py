@@ -62,7 +62,9 @@ def _git_commit() -> str | None:
     try:
         root = Path(__file__).resolve().parents[1]
         result = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return result.stdout.strip() or None
+        commit = result.stdout.strip()
+        # a copy without history answers "HEAD" (exit 128): no commit known
+        return commit if result.returncode == 0 and len(commit) == 40 else None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -299,7 +301,7 @@ def render_markdown(results: dict) -> str:
         "",
         f"Run {env.get('date')} on {hardware} ({env.get('cpu_count')} logical CPUs, torch threads "
         f"{env.get('torch_threads')}); python {env.get('python')}, torch {env.get('torch')} (CUDA "
-        f"{env.get('torch_cuda')}), monai {env.get('monai')}, numpy {env.get('numpy')}; git {env.get('git_commit')}.",
+        f"{env.get('torch_cuda')}), monai {env.get('monai')}, numpy {env.get('numpy')}; git {env.get('git_commit') or 'commit unknown'}.",
         f"Mamba scan kernel: {env.get('mamba_scan_kernel')}; causal-conv1d kernel: {env.get('causal_conv1d_kernel')}.",
         f"Command: `{env.get('command')}`",
         "",
