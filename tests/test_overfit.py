@@ -4,6 +4,6 @@ from custom_nets.demo.overfit import overfit
 
 
 def test_small_segresmamba_fits_the_spleen_on_a_crop_of_the_real_ct():
-    result = overfit(steps=150, target_dice=0.96, progress=False)
+    result = overfit(steps=200, target_dice=0.96, progress=False)
     # agreement with TotalSegmentator's (model-made) spleen label, on the crop the network was fit to
     assert result["dice"] >= 0.95, result
