@@ -4,7 +4,8 @@
 {96, 192, 384, 768} and L in {512, 4096, 32768}, batch 1, the forward and the forward+backward time and peak memory
 of ``custom_nets.selective_scan(backend="torch")`` and of the plain loop the tests trust
 (``tests/ssm_reference.py``). Each case runs in a fresh process (``case`` command) with
-``MALLOC_MMAP_THRESHOLD_=65536``; memory is the peak RSS increase over the inputs (``benchmarks.memory``).
+``MALLOC_MMAP_THRESHOLD_=65536`` for memory (the peak RSS increase over the inputs, ``benchmarks.memory``) and
+in another with the default malloc for time.
 Inputs follow mamba-ssm's initialisation (A = -(1..16), time steps log-uniform in [1e-3, 1e-1]).
 """
 
@@ -61,8 +62,12 @@ def _scan_function(impl: str):
     return lambda **kw: selective_scan_stepwise(**kw, delta_softplus=True)[0]
 
 
-def case(impl: str, d_inner: int, length: int, mode: str, repeats: int = 3) -> None:
-    """Measure one case in this process and print it as JSON (``mode``: ``forward`` or ``forward_backward``)."""
+def case(impl: str, d_inner: int, length: int, mode: str, measure: str = "time", repeats: int = 3) -> None:
+    """Measure one case in this process and print it as JSON.
+
+    ``mode``: ``forward`` or ``forward_backward``; ``measure``: ``time`` (median of ``repeats`` after a warm-up) or
+    ``memory`` (peak RSS increase of one step; run with ``MALLOC_MMAP_THRESHOLD_=65536``).
+    """
     scan = _scan_function(impl)
     backward = mode == "forward_backward"
     inputs = _inputs(d_inner, length, requires_grad=backward)
@@ -75,27 +80,35 @@ def case(impl: str, d_inner: int, length: int, mode: str, repeats: int = 3) -> N
                 for t in inputs.values():
                     t.grad = None
 
-    meter = CpuPeakMeter()
-    meter.start()
-    step()  # warm-up, and the memory peak
-    peak = meter.stop()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    record = dict(impl=impl, d_inner=d_inner, length=length, mode=mode)
+    if measure == "memory":
+        meter = CpuPeakMeter()
+        meter.start()
         step()
-        times.append(time.perf_counter() - start)
-    print(json.dumps(dict(impl=impl, d_inner=d_inner, length=length, mode=mode, seconds=statistics.median(times),
-                          repeats=repeats, peak_bytes=peak, memory_measure=meter.measure)))
+        record.update(peak_bytes=meter.stop(), memory_measure=meter.measure)
+    else:
+        step()  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        record.update(seconds=statistics.median(times), repeats=repeats)
+    print(json.dumps(record))
 
 
 def _run_case(impl: str, d_inner: int, length: int, mode: str, repeats: int) -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    command = [sys.executable, "-m", "benchmarks.scan", "case", impl, str(d_inner), str(length), mode,
-               f"--repeats={repeats}"]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode:
-        return dict(impl=impl, d_inner=d_inner, length=length, mode=mode, error=done.stderr.strip().splitlines()[-1])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """Time in one fresh process (default malloc), memory in another (freed memory returned to the OS)."""
+    record = {}
+    for measure, extra_env in (("time", {}), ("memory", {"MALLOC_MMAP_THRESHOLD_": "65536"})):
+        command = [sys.executable, "-m", "benchmarks.scan", "case", impl, str(d_inner), str(length), mode,
+                   f"--measure={measure}", f"--repeats={repeats}"]
+        done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, **extra_env), capture_output=True, text=True)
+        if done.returncode:
+            return dict(impl=impl, d_inner=d_inner, length=length, mode=mode,
+                        error=(done.stderr.strip().splitlines() or ["failed"])[-1])
+        record.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    return record
 
 
 def run(out: str = "benchmarks/results/scan_cpu") -> None:
@@ -150,9 +163,10 @@ def _markdown(stamp: dict, records: list[dict]) -> str:
         "# Selective scan on CPU: chunked torch backend vs step-by-step loop",
         "",
         f"{stamp['date']}, {stamp['processor']}, {stamp['cpus']} CPUs, {stamp['torch_threads']} torch threads, "
-        f"Python {stamp['python']}, torch {stamp['torch']}. Batch 1, d_state 16, float32. Time: median seconds; "
-        "memory: peak RSS increase over the inputs, MiB, each case in a fresh process. The loop's backward is not "
-        "run where it would keep more than 768 x 16 x 4096 state elements.",
+        f"Python {stamp['python']}, torch {stamp['torch']}. Batch 1, d_state 16, float32. Time: median seconds "
+        "(default malloc); memory: peak RSS increase over the inputs, MiB (MALLOC_MMAP_THRESHOLD_=65536 so that "
+        "freed tensors leave the RSS); each in a fresh process. The loop's backward is not run where it would "
+        "keep more than 768 x 16 x 4096 state elements.",
         "",
         "| d_inner | L | fwd chunked s | fwd loop s | speed-up | fwd+bwd chunked s | fwd+bwd loop s | "
         "fwd+bwd chunked MiB | fwd+bwd loop MiB |",

@@ -106,7 +106,7 @@ def _overlay_png(image_path: Path, mask_path: Path, label_path: Path, png: Path,
 
 def run_demo(
     output_dir: str = "outputs/demo",
-    epochs: int = 40,
+    epochs: int = 25,
     feature_size: int = 8,
     patch: int = 64,
     spacing: float = 3.0,
