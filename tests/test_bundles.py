@@ -111,7 +111,8 @@ def test_spleen_cli_train_evaluate_infer(datasets, tmp_path):
     bundle_root = tmp_path / "spleen_run"
     common = {"bundle_root": bundle_root, "dataset_dir": datasets[name], **TINY}
     run = [sys.executable, "-m", "monai.bundle", "run"]
-    run_cli(run + ["--config_file", configs(name, "train.json")[0]] + cli_args({**common, **TRAIN, **SPLIT[name]}), tmp_path)
+    train = configs(name, "train.json")[0]
+    run_cli(run + ["--config_file", train] + cli_args({**common, **TRAIN, **SPLIT[name]}), tmp_path)
     evaluate = str(configs(name, "train.json", "evaluate.json")).replace(" ", "")
     run_cli(run + ["--config_file", evaluate] + cli_args({**common, **SPLIT[name]}), tmp_path)
     run_cli(run + ["--config_file", configs(name, "inference.json")[0]] + cli_args(common), tmp_path)
@@ -162,11 +163,13 @@ def test_bad_dataset_folder_stops_the_run_with_a_clear_error(datasets, tmp_path,
     name = "btcv_ct_segresmamba"
     monkeypatch.chdir(tmp_path)
     with pytest.raises(Exception) as raised:
-        run(config_file=configs(name, "train.json"), bundle_root=str(tmp_path), dataset_dir=str(datasets["spleen_ct_segresmamba"]), **TINY)
+        wrong_layout = datasets["spleen_ct_segresmamba"]
+        run(config_file=configs(name, "train.json"), bundle_root=str(tmp_path), dataset_dir=str(wrong_layout), **TINY)
     chain, error = [], raised.value
     while error is not None:
         chain.append(error)
         error = error.__cause__
     layout_errors = [e for e in chain if isinstance(e, DatasetLayoutError)]
-    assert layout_errors and "no img/ folder in" in str(layout_errors[0]) and "expected the BTCV layout" in str(layout_errors[0])
+    assert layout_errors, f"no DatasetLayoutError in {chain}"
+    assert "no img/ folder in" in str(layout_errors[0]) and "expected the BTCV layout" in str(layout_errors[0])
     assert not (tmp_path / "models" / "model.pt").exists()

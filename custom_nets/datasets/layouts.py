@@ -110,7 +110,8 @@ def btcv_cases(dataset_dir: str | Path, labelled: bool = True) -> list[dict]:
         for case, image in zip(cases, images):
             label = label_dir / ("label" + image.name[len("img"):])
             case["label"] = _require_file(label, "btcv", f"image {image.name}")
-        unpaired = {p.name[len("label"):] for p in label_dir.glob("label*.nii.gz")} - {p.name[len("img"):] for p in images}
+        suffixes = {p.name[len("img"):] for p in images}
+        unpaired = {p.name[len("label"):] for p in label_dir.glob("label*.nii.gz")} - suffixes
         if unpaired:
             first = label_dir / f"label{sorted(unpaired)[0]}"
             raise DatasetLayoutError(f"label {first} has no image img{sorted(unpaired)[0]} in {image_dir}")
