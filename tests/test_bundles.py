@@ -7,6 +7,7 @@ process, which saves the ~20 s start-up of a process per command.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -73,6 +74,8 @@ def check_outputs(name: str, bundle_root: Path, dataset_dir: Path, test_images: 
     models = bundle_root / "models"
     assert sorted(p.name for p in models.iterdir()) == ["model.pt"]  # no temporary file left behind
     load_trained(name, models / "model.pt")
+    energy = json.loads((bundle_root / "eval" / "energy.json").read_text())  # written when training completes
+    assert energy["energy_kwh"] > 0 and energy["co2_kg"] > 0 and energy["seconds"] > 0
     metrics = (bundle_root / "eval" / "metrics.csv").read_text()
     assert metrics.startswith("val_mean_dice,") and float(metrics.splitlines()[0].split(",")[1]) >= 0
     out_channels = CHANNELS[name][1]
@@ -153,6 +156,8 @@ def test_multi_gpu_train_runs_ddp_on_cpu_with_gloo(datasets, tmp_path):
     )
     assert "val_mean_dice" in done.stdout + done.stderr
     load_trained(name, bundle_root / "models" / "model.pt")
+    energy = json.loads((bundle_root / "eval" / "energy.json").read_text())  # rank 0 reports for both processes
+    assert energy["power_source"].endswith("x 2 processes"), energy
 
 
 def test_bad_dataset_folder_stops_the_run_with_a_clear_error(datasets, tmp_path, monkeypatch):

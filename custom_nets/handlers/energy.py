@@ -108,14 +108,18 @@ class EnergyReport:
     def _power(self, device: torch.device) -> tuple[float, str]:
         """Watts and how they were chosen."""
         if self.power_watts is not None:
-            return float(self.power_watts), "given"
-        if device.type == "cuda":
-            return DEFAULT_GPU_WATTS, f"default for one GPU ({DEFAULT_GPU_WATTS:g} W, A100 PCIe as in the paper)"
-        cores = self.cpu_cores or torch.get_num_threads()
-        return (
-            self.cpu_watts_per_core * cores,
-            f"default for CPU: {self.cpu_watts_per_core:g} W per core x {cores} core(s)",
-        )
+            watts, source = float(self.power_watts), "given"
+        elif device.type == "cuda":
+            watts, source = DEFAULT_GPU_WATTS, f"default for one GPU ({DEFAULT_GPU_WATTS:g} W, A100 PCIe as in the paper)"
+        else:
+            cores = self.cpu_cores or torch.get_num_threads()
+            watts = self.cpu_watts_per_core * cores
+            source = f"default for CPU: {self.cpu_watts_per_core:g} W per core x {cores} core(s)"
+        # In a distributed run one rank reports for all of them: every process ran as long as this one.
+        processes = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        if processes > 1:
+            watts, source = watts * processes, f"{source}, x {processes} processes"
+        return watts, source
 
     def estimate(self, seconds: float, device: torch.device) -> dict:
         """The report for ``seconds`` of work on ``device`` (no engine needed)."""
