@@ -30,7 +30,7 @@ def overfit(steps: int = 150, crop: int = 64, feature_size: int = 8) -> None:
     )
 
 
-def demo(output_dir: str = "outputs/demo", epochs: int = 25) -> None:
+def demo(output_dir: str = "outputs/demo", epochs: int = 80) -> None:
     """Train the spleen bundle on the shipped CT, evaluate it, segment the CT, write the mask, Dice and a PNG."""
     from .demo.spleen import run_demo
 

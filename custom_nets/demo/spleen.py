@@ -106,7 +106,8 @@ def _overlay_png(image_path: Path, mask_path: Path, label_path: Path, png: Path,
 
 def run_demo(
     output_dir: str = "outputs/demo",
-    epochs: int = 25,
+    epochs: int = 80,
+    crops_per_epoch: int = 2,
     feature_size: int = 8,
     patch: int = 64,
     spacing: float = 3.0,
@@ -121,9 +122,9 @@ def run_demo(
         patch_size=[patch] * 3, pixdim=[spacing] * 3, num_workers=0,
     )
 
-    print(f"[1/3] training the spleen bundle on the shipped CT ({epochs} epochs, {patch}^3 patches)")
-    train = _workflow(["train.json"], "train", epochs=epochs, num_val_cases=0, val_interval=epochs,
-                      cache_rate=1.0, output_dir=str(output / "train"), **common)
+    print(f"[1/3] training the spleen bundle on the shipped CT ({epochs} epochs of {crops_per_epoch} {patch}^3 crops)")
+    train = _workflow(["train.json"], "train", epochs=epochs, num_samples=crops_per_epoch, num_val_cases=0,
+                      val_interval=epochs, cache_rate=1.0, output_dir=str(output / "train"), **common)
     _attach_progress_bar(train.parser.get_parsed_content("train#trainer"), "train")
     train.run()
     train.finalize()
