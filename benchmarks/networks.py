@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from custom_nets.ops.cuda_kernels import cuda_scan_available
+
 from .cases import KINDS, run_case
 from .report import GIB, environment, load_results, write_results
 from .zoo import MAMBA_NETWORKS, NETWORKS, TASKS
@@ -39,12 +41,6 @@ ABLATIONS = (
 )
 SECTIONS = ("train", "ablations", "modules", "infer")
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
-
-
-def _cuda_scan_available() -> bool:
-    from custom_nets.ops.cuda_kernels import selective_scan_kernel
-
-    return torch.cuda.is_available() and selective_scan_kernel()[0] is not None
 
 
 def plan(
@@ -70,7 +66,7 @@ def plan(
     cuda = device == "cuda"
     repeats = repeats or (5 if cuda else 3)
     backends = ("cuda", "torch") if cuda else ("torch",)
-    preferred = "cuda" if cuda and _cuda_scan_available() else "torch"
+    preferred = "cuda" if cuda and cuda_scan_available() else "torch"
 
     def train(network: str, task: str, patch: int, backend: str) -> dict:
         # On CUDA the torch scan takes seconds a step where the kernel takes a tenth: fewer steps keep the run short.

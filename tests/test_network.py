@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import needs_cuda_kernel
 from custom_nets import SegResMamba
 from custom_nets.blocks import DIRECTIONS, TriOrientedMamba
 from custom_nets.blocks.tom import _from_order, _to_order
@@ -119,13 +120,7 @@ def test_monai_config_builds_the_network():
     assert isinstance(net, SegResMamba) and net.in_channels == 4
 
 
-def _cuda_kernel_available():
-    from custom_nets.ops.cuda_kernels import selective_scan_kernel
-
-    return torch.cuda.is_available() and selective_scan_kernel()[0] is not None
-
-
-@pytest.mark.skipif(not _cuda_kernel_available(), reason="needs a CUDA device and mamba-ssm's compiled kernel")
+@needs_cuda_kernel
 def test_cuda_and_torch_backends_give_the_same_network():
     """The same weights give the same output and gradients with either scan backend (mamba-ssm's tolerance)."""
     torch.backends.cudnn.allow_tf32 = False  # compare the scans, not TF32 convolutions

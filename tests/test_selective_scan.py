@@ -6,6 +6,7 @@ import torch
 import custom_nets.ops.scan as scan_module
 from custom_nets import selective_scan
 from custom_nets.ops import BACKEND_ENV
+from conftest import needs_cuda_kernel
 from ssm_reference import selective_scan_stepwise
 
 
@@ -148,17 +149,6 @@ def test_shape_errors_name_expected_and_received(name, shape, message):
     inputs[name] = torch.zeros(shape)
     with pytest.raises(ValueError, match=message):
         selective_scan(**inputs, backend="torch")
-
-
-def _cuda_kernel_available():
-    from custom_nets.ops.cuda_kernels import selective_scan_kernel
-
-    return torch.cuda.is_available() and selective_scan_kernel()[0] is not None
-
-
-needs_cuda_kernel = pytest.mark.skipif(
-    not _cuda_kernel_available(), reason="needs a CUDA device and mamba-ssm's compiled selective_scan_cuda"
-)
 
 
 @needs_cuda_kernel

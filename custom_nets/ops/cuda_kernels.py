@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from types import ModuleType
 
-__all__ = ["causal_conv1d_kernel", "selective_scan_kernel"]
+__all__ = ["causal_conv1d_kernel", "cuda_scan_available", "selective_scan_kernel"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,3 +33,10 @@ def causal_conv1d_kernel() -> tuple[object | None, str]:
     """``(causal_conv1d_fn, "")`` when causal-conv1d imports, else ``(None, reason)``."""
     module, reason = _import("causal_conv1d")
     return (getattr(module, "causal_conv1d_fn", None), reason) if module is not None else (None, reason)
+
+
+def cuda_scan_available() -> bool:
+    """Whether the ``"cuda"`` scan backend can run here: a CUDA device and mamba-ssm's compiled kernel."""
+    import torch
+
+    return torch.cuda.is_available() and selective_scan_kernel()[0] is not None
