@@ -10,6 +10,8 @@ install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	# pip 23 (Python 3.11's) gives up on MONAI Label's dependency tree; 26.1 resolves it.
+	$(VENV)/bin/pip install --quiet pip==26.1
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
