@@ -1,0 +1,40 @@
+"""Active learning: the unlabelled image the model is least sure about."""
+
+from __future__ import annotations
+
+import time
+
+from monailabel.interfaces.tasks.strategy import Strategy
+
+
+class MostUncertain(Strategy):
+    """Orders unlabelled images by a model's TTA uncertainty (scoring method ``tta_uncertainty_<model>``), highest
+    first; images not scored yet come last. An image served in the last ``hold`` seconds is skipped while others
+    remain, so two annotators asking at once get different images.
+    """
+
+    def __init__(self, model: str, hold: float = 600.0):
+        super().__init__(f"Most uncertain unlabelled image for {model} (run scoring tta_uncertainty_{model} first)")
+        self.model = model
+        self.hold = hold
+
+    def ranked(self, datastore) -> list[tuple[str, float | None]]:
+        ranked = []
+        for image_id in datastore.get_unlabeled_images():
+            score = datastore.get_image_info(image_id).get("tta_uncertainty", {}).get(self.model, {}).get("score")
+            ranked.append((image_id, score))
+        return sorted(ranked, key=lambda item: (item[1] is None, -(item[1] or 0.0), item[0]))
+
+    def __call__(self, request, datastore):
+        ranked = self.ranked(datastore)
+        if not ranked:
+            return None
+        now = time.time()
+        strategy = request.get("strategy")
+
+        def served_recently(image_id: str) -> bool:
+            served = datastore.get_image_info(image_id).get("strategy", {}).get(strategy, {}).get("ts", 0)
+            return now - served < self.hold
+
+        image_id, score = next(((i, s) for i, s in ranked if not served_recently(i)), ranked[0])
+        return {"id": image_id, "tta_uncertainty": score}

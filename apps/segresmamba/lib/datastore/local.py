@@ -1,0 +1,99 @@
+"""MONAI Label's local datastore, with checked input and writes that survive a crash or a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+from filelock import FileLock
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+
+from lib.datastore.checks import checked_id, read_geometry
+
+
+def replace_atomically(write, dest: str | Path) -> None:
+    """Call ``write(tmp_path)``, flush it to disk, then rename it over ``dest``: readers and a restart after a kill
+    see the old file or the new one, never half of one. The ``.part`` name is not an image extension, so the
+    datastore's folder scan never picks a left-over one up."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.part")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class CheckedLocalDatastore(LocalDatastore):
+    """A folder of images and labels (``labels/<tag>/``) indexed by ``.monailabel/datastore_v2.json``.
+
+    Unlike the stock one it answers bad uploads with HTTP 4xx (ids with path characters, files that are not
+    readable 3D images, labels whose grid differs from their image's) and writes images, labels and the index
+    through a temporary file and an atomic rename.
+    """
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        derived_id, ext = self._to_id(os.path.basename(image_filename))
+        image_id = checked_id(image_id or derived_id)
+        if f"*{ext}" not in self._extensions:
+            raise HTTPException(
+                status_code=415,
+                detail=f"unsupported image file type {ext!r}; this datastore takes {sorted(self._extensions)}",
+            )
+        read_geometry(image_filename, f"uploaded image {image_id!r}")
+
+        name = self._filename(image_id, ext)
+        with FileLock(self._lock_file):
+            replace_atomically(lambda tmp: shutil.copyfile(image_filename, tmp), Path(self._datastore.image_path(), name))
+            info = {**(image_info or {}), "ts": int(time.time()), "name": name}
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+            self._update_datastore_file(lock=False)
+        return image_id
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        checked_id(image_id)
+        checked_id(label_tag, "label tag")
+        obj = self._datastore.objects.get(image_id)
+        if not obj:
+            raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
+        label = read_geometry(label_filename, f"label for {image_id!r}")
+        image = read_geometry(self.get_image_uri(image_id), f"image {image_id!r}")
+        if not label.matches(image):
+            raise HTTPException(
+                status_code=422,
+                detail=f"label geometry does not match image {image_id!r}: label {label.describe()}; "
+                f"image {image.describe()}",
+            )
+
+        _, ext = self._to_id(os.path.basename(label_filename))
+        name = self._filename(image_id, ext)
+        label_dir = Path(self._datastore.label_path(label_tag))
+        with FileLock(self._lock_file):
+            label_dir.mkdir(parents=True, exist_ok=True)
+            replace_atomically(lambda tmp: shutil.copyfile(label_filename, tmp), label_dir / name)
+            info = {**(label_info or {}), "ts": int(time.time()), "name": name}
+            obj.labels[label_tag] = DataModel(info=info, ext=ext)
+            self._update_datastore_file(lock=False)
+        return image_id
+
+    def _update_datastore_file(self, lock: bool = True) -> None:
+        def write(tmp: Path) -> None:
+            tmp.write_text(json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str))
+
+        def update() -> None:
+            self._ignore_event_config = True
+            replace_atomically(write, self._datastore_config_path)
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                update()
+        else:
+            update()

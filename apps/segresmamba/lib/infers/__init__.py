@@ -1,0 +1,3 @@
+from .bundle_segmentation import BundleSegmentation
+
+__all__ = ["BundleSegmentation"]

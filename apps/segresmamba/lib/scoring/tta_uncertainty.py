@@ -1,0 +1,65 @@
+"""Test-time-augmentation uncertainty of a model on the images nobody has labelled yet."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from monai.transforms import Compose
+
+from lib.infers import BundleSegmentation
+from lib.scoring.weights_scoring import WeightsScoring
+
+logger = logging.getLogger(__name__)
+
+FLIPS = ((), (2,), (3,), (4,))  # none, then each spatial axis of a (batch, channel, x, y, z) tensor
+
+
+def predictive_entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Voxel-wise entropy (nats) of class probabilities over dim 1."""
+    return -(probabilities * probabilities.clamp_min(1e-8).log()).sum(1)
+
+
+class TTAUncertainty(WeightsScoring):
+    """For each unlabelled image: the model's softmax under flips of every spatial axis, averaged; the score is the
+    mean predictive entropy of that average over the voxels that any flip calls foreground (the whole volume if
+    none does). High scores mark images where the model is unsure, the ones worth labelling next. Stored in the
+    image's info under ``tta_uncertainty`` per model, with the weights' timestamp.
+    """
+
+    def __init__(self, infer: BundleSegmentation, flips=FLIPS):
+        super().__init__(infer, f"Test-time-augmentation uncertainty of {infer.bundle.name} on unlabelled images")
+        self.flips = flips
+
+    @torch.no_grad()
+    def score(self, image_path: str, device: str) -> float:
+        data = Compose(self.infer.pre_transforms())({"image": image_path})
+        network = self.infer._get_network(device, data)
+        inferer = self.infer.inferer()
+        image = torch.as_tensor(data["image"])[None].to(device)
+        mean = 0
+        foreground = torch.zeros((), dtype=torch.bool)
+        for dims in self.flips:
+            flipped = torch.flip(image, dims) if dims else image
+            probabilities = torch.softmax(inferer(flipped, network).float(), dim=1)
+            probabilities = torch.flip(probabilities, dims) if dims else probabilities
+            foreground = foreground | (probabilities.argmax(1) > 0)
+            mean = mean + probabilities / len(self.flips)
+        entropy = predictive_entropy(mean)
+        return float(entropy[foreground].mean() if foreground.any() else entropy.mean())
+
+    def __call__(self, request, datastore):
+        model, weights_ts, device = self.model, self.weights_timestamp(), self.device(request)
+        if weights_ts is None:
+            return {}
+        results = {}
+        for image_id in datastore.get_unlabeled_images():
+            scores = datastore.get_image_info(image_id).get("tta_uncertainty", {})
+            if scores.get(model, {}).get("weights_ts") == weights_ts:
+                continue
+            value = self.score(datastore.get_image_uri(image_id), device)
+            scores = {**scores, model: {"score": value, "weights_ts": weights_ts}}
+            datastore.update_image_info(image_id, {"tta_uncertainty": scores})
+            results[image_id] = value
+            logger.info(f"{model} on {image_id}: TTA uncertainty {value:.4f}")
+        return results

@@ -1,0 +1,3 @@
+from .bundle_finetune import BundleFineTune
+
+__all__ = ["BundleFineTune"]

@@ -1,0 +1,193 @@
+"""The MONAI Label app driven as 3D Slicer's plugin drives it: MONAILabelClient against a real server on 127.0.0.1.
+
+One server for the module (start-up and training are the slow parts); the tests run in file order, like an
+annotation session: upload, bad input, label, train, infer, active learning, scoring, then a kill and a restart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+import torch
+
+from label_server import ROOT, LabelServer, small_bundles
+
+pytest.importorskip("monailabel")
+from monailabel.client import MONAILabelClient  # noqa: E402
+from monailabel.client.client import MONAILabelClientException  # noqa: E402
+
+CT = ROOT / "data" / "totalseg_ct_abdomen" / "example_ct.nii.gz"
+SEG = ROOT / "data" / "totalseg_ct_abdomen" / "example_ct_seg_total_v1.nii.gz"
+MODEL = "spleen_ct_segresmamba"
+NRRD_UINT8 = {"result_extension": ".nrrd", "result_dtype": "uint8"}
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    root = tmp_path_factory.mktemp("label_app")
+    studies = root / "studies"
+    studies.mkdir()
+    bundles = small_bundles(root / "bundles")
+    server = LabelServer(studies, {"bundles": str(bundles)}, root / "server.log").start()
+    client = MONAILabelClient(server.url, tmpdir=str(root / "client"))
+    (root / "client").mkdir()
+    yield {"root": root, "studies": studies, "bundles": bundles, "server": server, "client": client}
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def spleen_label(tmp_path_factory) -> Path:
+    """The shipped CT's spleen (TotalSegmentator's, model-made) as a uint8 mask on the CT's grid."""
+    seg = nib.load(SEG)
+    path = tmp_path_factory.mktemp("labels") / "ct.nii.gz"
+    nib.save(nib.Nifti1Image((np.asarray(seg.dataobj).round() == 1).astype(np.uint8), seg.affine), path)
+    return path
+
+
+def expect_error(call, status: int, *words: str) -> str:
+    with pytest.raises(MONAILabelClientException) as error:
+        call()
+    message = str(error.value)
+    assert f"Status: {status}" in message, message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def read_mask(path: str):
+    import itk
+
+    return itk.imread(path)
+
+
+def test_info_serves_the_bundles_offline(session):
+    info = session["client"].info()
+    assert set(info["models"]) == {MODEL} and set(info["trainers"]) == {MODEL}
+    assert info["models"][MODEL]["labels"] == {"spleen": 1}
+    assert info["models"][MODEL]["trained"] is False
+    assert not any("sam" in name for name in info["models"])  # no SAM2 (its weights would be downloaded)
+    assert {"random", "first", f"tta_uncertainty_{MODEL}"} <= set(info["strategies"])
+    assert {f"dice_{MODEL}", f"tta_uncertainty_{MODEL}"} <= set(info["scoring"])
+    assert "Model Zoo" not in session["server"].log_tail(400)
+
+
+def test_every_bundle_by_default(tmp_path):
+    """No --conf models: all bundles in bundles/ (the repository's, here), each with its labels."""
+    (tmp_path / "studies").mkdir()
+    server = LabelServer(tmp_path / "studies", {}, tmp_path / "server.log").start()
+    try:
+        info = requests.get(f"{server.url}/info/", timeout=30).json()
+    finally:
+        server.stop()
+    assert set(info["models"]) == {p.name for p in (ROOT / "bundles").iterdir() if (p / "configs").is_dir()}
+    assert info["models"]["btcv_ct_segresmamba"]["labels"]["liver"] == 6
+    assert info["models"]["brats21_mri_segresmamba"]["labels"] == {
+        "necrotic tumour core": 1, "peritumoral edema": 2, "enhancing tumour": 4}
+
+
+def test_upload_image(session):
+    assert session["client"].upload_image(str(CT), image_id="ct") == {"image": "ct"}
+    assert (session["studies"] / "ct.nii.gz").read_bytes() == CT.read_bytes()
+
+
+def test_bad_uploads_get_4xx_and_change_nothing(session, tmp_path):
+    client = session["client"]
+    before = client.datastore()
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    expect_error(lambda: client.upload_image(str(text), image_id="notes"), 415, "unsupported image file type")
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(CT.read_bytes()[:5000])
+    expect_error(lambda: client.upload_image(str(corrupt), image_id="corrupt"), 422, "not a readable image")
+    expect_error(lambda: client.upload_image(str(CT), image_id="../escape"), 400, "invalid image id")
+    assert not (session["studies"].parent / "escape.nii.gz").exists()
+    assert client.datastore() == before
+    assert requests.get(f"{session['server'].url}/info/", timeout=30).ok
+
+
+def test_infer_errors_name_the_problem(session):
+    client = session["client"]
+    expect_error(lambda: client.infer("no_such_model", "ct", NRRD_UINT8), 404, "unknown model", MODEL)
+    expect_error(lambda: client.infer(MODEL, "../../etc/passwd", NRRD_UINT8), 400, "invalid image id")
+    expect_error(lambda: client.infer(MODEL, "missing", NRRD_UINT8), 404, "not in the datastore")
+    expect_error(lambda: client.infer(MODEL, "ct", NRRD_UINT8), 409, "no trained weights")
+
+
+def test_save_label_checks_its_geometry(session, spleen_label, tmp_path):
+    client = session["client"]
+    seg = nib.load(spleen_label)
+    shifted = tmp_path / "shifted.nii.gz"
+    affine = seg.affine.copy()
+    affine[:3, 3] += 30.0
+    nib.save(nib.Nifti1Image(np.asarray(seg.dataobj), affine), shifted)
+    expect_error(lambda: client.save_label("ct", str(shifted), tag="final"), 422, "label geometry does not match")
+    expect_error(lambda: client.save_label("unknown", str(spleen_label), tag="final"), 404, "not in the datastore")
+    assert client.save_label("ct", str(spleen_label), tag="final")["label"] == "ct"
+    saved = session["studies"] / "labels" / "final" / "ct.nii.gz"
+    assert saved.read_bytes() == spleen_label.read_bytes()
+
+
+def infer_mask(session):
+    mask_path, params = session["client"].infer(MODEL, "ct", NRRD_UINT8)
+    assert mask_path.endswith(".nrrd") and params["label_names"] == {"spleen": 1}
+    return read_mask(mask_path), params
+
+
+def test_training_writes_weights_the_next_inference_uses(session):
+    import itk
+
+    client, server = session["client"], session["server"]
+    client.train_start(MODEL, {"max_epochs": 2, "device": "cpu"})
+    status = server.wait_for_training()
+    assert status["status"] == "DONE", "\n".join(status.get("details", [])[-40:])
+    weights = session["bundles"] / MODEL / "models" / "model.pt"
+    state = torch.load(weights, weights_only=True)  # a plain state dict: loads under torch's safe default
+    assert state and all(isinstance(value, torch.Tensor) for value in state.values())
+
+    mask, params = infer_mask(session)
+    ct = itk.imread(str(CT))
+    assert itk.size(mask) == itk.size(ct)
+    assert np.allclose(itk.spacing(mask), itk.spacing(ct)) and np.allclose(itk.origin(mask), itk.origin(ct))
+    assert np.allclose(itk.array_from_matrix(mask.GetDirection()), itk.array_from_matrix(ct.GetDirection()))
+    first = itk.array_from_image(mask)
+    assert first.dtype == np.uint8 and set(np.unique(first)) <= {0, 1}
+    assert "latencies" in params
+
+    client.train_start(MODEL, {"max_epochs": 3, "device": "cpu"})
+    assert server.wait_for_training()["status"] == "DONE"
+    second = itk.array_from_image(infer_mask(session)[0])
+    assert (first != second).any(), "inference did not change after training"
+
+
+def test_active_learning_orders_unlabelled_images(session, tmp_path):
+    client, url = session["client"], session["server"].url
+    for name, shift in (("ct_a", 0), ("ct_b", 200)):
+        ct = nib.load(CT)
+        array = np.asarray(ct.dataobj).astype(np.int16)
+        array = np.roll(array, shift // 10, axis=0) if shift else array
+        path = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(array, ct.affine), path)
+        client.upload_image(str(path), image_id=name)
+    assert client.next_sample("random", {})["id"] in {"ct_a", "ct_b"}
+
+    answer = requests.post(f"{url}/scoring/tta_uncertainty_{MODEL}?run_sync=true", timeout=900)
+    assert answer.ok, answer.text
+    info = {i: client.datastore()["objects"][i]["image"]["info"]["tta_uncertainty"][MODEL]["score"]
+            for i in ("ct_a", "ct_b")}
+    assert all(0.0 <= s <= np.log(2) for s in info.values()), info
+    first = client.next_sample(f"tta_uncertainty_{MODEL}", {})
+    assert first["id"] == max(info, key=info.get)
+    # the image just served is held back for the next annotator
+    assert client.next_sample(f"tta_uncertainty_{MODEL}", {})["id"] == min(info, key=info.get)
+
+
+def test_dice_scoring_against_saved_labels(session):
+    url = session["server"].url
+    answer = requests.post(f"{url}/scoring/dice_{MODEL}?run_sync=true", timeout=900)
+    assert answer.ok, answer.text
+    dice = session["client"].datastore()["objects"]["ct"]["image"]["info"]["dice"][MODEL]
+    assert 0.0 <= dice["mean"] <= 1.0 and set(dice["per_label"]) == {"spleen"}

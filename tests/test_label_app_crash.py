@@ -1,0 +1,131 @@
+"""Nothing saved is lost when the MONAI Label server dies: a SIGKILL in the middle of a label save (at the worst
+moments, made deterministic in a child process) or during a training run, then a restart."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+import torch
+
+from label_server import APP, ROOT, LabelServer, small_bundles
+
+pytest.importorskip("monailabel")
+from monailabel.client import MONAILabelClient  # noqa: E402
+
+CT = ROOT / "data" / "totalseg_ct_abdomen" / "example_ct.nii.gz"
+SEG = ROOT / "data" / "totalseg_ct_abdomen" / "example_ct_seg_total_v1.nii.gz"
+MODEL = "spleen_ct_segresmamba"
+
+# Runs in a child: saves a new label through the app's datastore, and SIGKILLs itself at the chosen moment.
+KILLED_SAVE = """
+import os, shutil, signal, sys
+sys.path.insert(0, sys.argv[1])
+import lib.datastore.local as local
+from lib.datastore import CheckedLocalDatastore
+
+studies, label, moment = sys.argv[2], sys.argv[3], sys.argv[4]
+copyfile, replace = shutil.copyfile, os.replace
+
+def half_copy_then_die(src, dst):
+    data = open(src, "rb").read()
+    with open(dst, "wb") as f:
+        f.write(data[: len(data) // 2])
+        f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def die_before_index(src, dst):
+    if str(dst).endswith(".json"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    replace(src, dst)
+
+if moment == "label_copy":
+    local.shutil.copyfile = half_copy_then_die
+else:
+    local.os.replace = die_before_index
+CheckedLocalDatastore(studies, extensions=("*.nii.gz",)).save_label("ct", label, "final", {})
+"""
+
+
+def spleen_label(path: Path, value: int = 1) -> Path:
+    seg = nib.load(SEG)
+    nib.save(nib.Nifti1Image((np.asarray(seg.dataobj).round() == value).astype(np.uint8), seg.affine), path)
+    return path
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("moment", ["label_copy", "index_write"])
+def test_kill_during_label_save_keeps_the_saved_label(tmp_path, moment):
+    sys.path.insert(0, str(APP))
+    from lib.datastore import CheckedLocalDatastore
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    store = CheckedLocalDatastore(str(studies), extensions=("*.nii.gz",))
+    store.add_image("ct", str(CT), {})
+    first = spleen_label(tmp_path / "first.nii.gz")
+    store.save_label("ct", str(first), "final", {})
+    saved = studies / "labels" / "final" / "ct.nii.gz"
+    index = studies / "datastore_v2.json"
+    index_before = index.read_text()
+
+    second = spleen_label(tmp_path / "second.nii.gz", value=6)  # the liver: a different label
+    child = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(APP), str(studies), str(second), moment],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -9, child.stderr
+
+    json.loads(index.read_text())  # the index is whole
+    if moment == "label_copy":
+        assert saved.read_bytes() == first.read_bytes() and index.read_text() == index_before
+    else:  # the new label landed whole before the kill; the index still names it
+        assert saved.read_bytes() == second.read_bytes()
+    reopened = CheckedLocalDatastore(str(studies), extensions=("*.nii.gz",))
+    assert reopened.get_labeled_images("final") == ["ct"]
+    assert nib.load(reopened.get_label_uri("ct", "final")).get_fdata().sum() > 0
+
+
+def test_server_killed_during_training_restarts_with_nothing_lost(tmp_path):
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    bundles = small_bundles(tmp_path / "bundles")
+    weights = bundles / MODEL / "models" / "model.pt"
+    server = LabelServer(studies, {"bundles": str(bundles)}, tmp_path / "server.log").start()
+    try:
+        client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+        client.upload_image(str(CT), image_id="ct")
+        client.save_label("ct", str(spleen_label(tmp_path / "label.nii.gz")), tag="final")
+        label = studies / "labels" / "final" / "ct.nii.gz"
+        label_digest = digest(label)
+        client.train_start(MODEL, {"max_epochs": 1, "device": "cpu"})
+        assert server.wait_for_training()["status"] == "DONE"
+        assert weights.is_file()
+
+        client.train_start(MODEL, {"max_epochs": 100, "device": "cpu"})
+        deadline = time.monotonic() + 300
+        while "Epoch: 2/100" not in server.log_tail(200) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "Epoch: 2/100" in server.log_tail(200), server.log_tail()
+        server.kill()
+
+        server.start()  # on a new port
+        client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+        assert digest(label) == label_digest
+        assert client.datastore()["objects"]["ct"]["labels"]["final"]
+        state = torch.load(weights, weights_only=True)
+        assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+        mask_path, _ = client.infer(MODEL, "ct", {"result_extension": ".nii.gz", "result_dtype": "uint8"})
+        assert nib.load(mask_path).shape == nib.load(CT).shape
+        assert requests.get(f"{server.url}/train/", timeout=30).json().get("status") != "RUNNING"
+    finally:
+        server.stop()
