@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# pip 23 (Python 3.11's) gives up on MONAI Label's dependency tree; 26.1 resolves it.
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# pip 23 (Python 3.11's) gives up on MONAI Label's dependency tree; 26.1 resolves it.
 	$(VENV)/bin/pip install --quiet pip==26.1
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $(STAMP)
