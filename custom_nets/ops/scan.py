@@ -257,7 +257,8 @@ def _plan(dt: torch.Tensor, A: torch.Tensor) -> list[tuple[int, int, int]]:
     segment only.
     """
     batch, groups, length, per_group = dt.shape
-    segment = max(MAX_CHUNK, SEGMENT_ELEMENTS // (batch * groups * per_group * A.shape[-1]))
+    # A whole number of chunks: a segment of 21 steps in chunks of 16 would pad a third of its work.
+    segment = max(1, SEGMENT_ELEMENTS // (batch * groups * per_group * A.shape[-1] * MAX_CHUNK)) * MAX_CHUNK
     rate = (dt * A.abs().amax(dim=-1)).amax(dim=(0, 1, 3))  # (L,): fastest decay at each step
     limit = MAX_LOG_DECAY[dt.dtype]
     plan = []
