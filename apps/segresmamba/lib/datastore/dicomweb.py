@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import HTTPException
 from monai.transforms import LoadImage
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
@@ -17,7 +16,6 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 from custom_nets.io.dicom_seg import write_dicom_seg
 from custom_nets.io.inputs import find_inputs
-from lib.datastore.checks import checked_id, read_geometry
 from lib.datastore.local import CheckedLocalDatastore
 
 logger = logging.getLogger(__name__)
@@ -60,20 +58,11 @@ class CheckedDICOMWebDatastore(DICOMWebDatastore, CheckedLocalDatastore):
     def save_label(
         self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any], label_id: str = ""
     ) -> str:
-        checked_id(image_id)
-        checked_id(label_tag, "label tag")
-        image = read_geometry(self.get_image_uri(image_id), f"image {image_id!r}")
-        label = read_geometry(label_filename, f"label for {image_id!r}")
-        if not label.matches(image):
-            raise HTTPException(
-                status_code=422,
-                detail=f"label geometry does not match image {image_id!r}: label {label.describe()}; "
-                f"image {image.describe()}",
-            )
+        self.check_label(image_id, label_filename, label_tag)  # fetches the series into the cache if needed
         label_info = dict(label_info or {})
         if label_tag == DefaultLabelTag.FINAL.value:
             label_info["SeriesInstanceUID"] = self._send_as_dicom_seg(image_id, label_filename, label_info)
-        return CheckedLocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+        return self.store_label(image_id, label_filename, label_tag, label_info)
 
     def _send_as_dicom_seg(self, image_id: str, label_filename: str, label_info: dict[str, Any]) -> str:
         series = find_inputs(Path(self._datastore.image_path(), image_id))[0]

@@ -32,7 +32,7 @@ def replace_atomically(write, dest: str | Path) -> None:
 
 
 class CheckedLocalDatastore(LocalDatastore):
-    """A folder of images and labels (``labels/<tag>/``) indexed by ``.monailabel/datastore_v2.json``.
+    """A folder of images and labels (``labels/<tag>/``) indexed by ``datastore_v2.json`` in that folder.
 
     Unlike the stock one it answers bad uploads with HTTP 4xx (ids with path characters, files that are not
     readable 3D images, labels whose grid differs from their image's) and writes images, labels and the index
@@ -58,13 +58,18 @@ class CheckedLocalDatastore(LocalDatastore):
         return image_id
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        self.check_label(image_id, label_filename, label_tag)
+        return self.store_label(image_id, label_filename, label_tag, label_info)
+
+    def check_label(self, image_id: str, label_filename: str, label_tag: str) -> None:
+        """HTTP 4xx unless the ids are safe, the image is known and the label is a readable image on its grid."""
         checked_id(image_id)
         checked_id(label_tag, "label tag")
-        obj = self._datastore.objects.get(image_id)
-        if not obj:
+        image_uri = self.get_image_uri(image_id)
+        if not image_uri:
             raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
         label = read_geometry(label_filename, f"label for {image_id!r}")
-        image = read_geometry(self.get_image_uri(image_id), f"image {image_id!r}")
+        image = read_geometry(image_uri, f"image {image_id!r}")
         if not label.matches(image):
             raise HTTPException(
                 status_code=422,
@@ -72,6 +77,8 @@ class CheckedLocalDatastore(LocalDatastore):
                 f"image {image.describe()}",
             )
 
+    def store_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        """Write a checked label and its index entry (``check_label`` first)."""
         _, ext = self._to_id(os.path.basename(label_filename))
         name = self._filename(image_id, ext)
         label_dir = Path(self._datastore.label_path(label_tag))
@@ -79,7 +86,7 @@ class CheckedLocalDatastore(LocalDatastore):
             label_dir.mkdir(parents=True, exist_ok=True)
             replace_atomically(lambda tmp: shutil.copyfile(label_filename, tmp), label_dir / name)
             info = {**(label_info or {}), "ts": int(time.time()), "name": name}
-            obj.labels[label_tag] = DataModel(info=info, ext=ext)
+            self._datastore.objects[image_id].labels[label_tag] = DataModel(info=info, ext=ext)
             self._update_datastore_file(lock=False)
         return image_id
 
