@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from monai.transforms import Compose
 
 from lib.infers import BundleSegmentation
 from lib.scoring.weights_scoring import WeightsScoring
-
-logger = logging.getLogger(__name__)
 
 FLIPS = ((), (2,), (3,), (4,))  # none, then each spatial axis of a (batch, channel, x, y, z) tensor
 
@@ -26,6 +22,8 @@ class TTAUncertainty(WeightsScoring):
     none does). High scores mark images where the model is unsure, the ones worth labelling next. Stored in the
     image's info under ``tta_uncertainty`` per model, with the weights' timestamp.
     """
+
+    key, headline = "tta_uncertainty", "score"
 
     def __init__(self, infer: BundleSegmentation, flips=FLIPS):
         super().__init__(infer, f"Test-time-augmentation uncertainty of {infer.bundle.name} on unlabelled images")
@@ -48,18 +46,8 @@ class TTAUncertainty(WeightsScoring):
         entropy = predictive_entropy(mean)
         return float(entropy[foreground].mean() if foreground.any() else entropy.mean())
 
-    def __call__(self, request, datastore):
-        model, weights_ts, device = self.model, self.weights_timestamp(), self.device(request)
-        if weights_ts is None:
-            return {}
-        results = {}
-        for image_id in datastore.get_unlabeled_images():
-            scores = datastore.get_image_info(image_id).get("tta_uncertainty", {})
-            if scores.get(model, {}).get("weights_ts") == weights_ts:
-                continue
-            value = self.score(datastore.get_image_uri(image_id), device)
-            scores = {**scores, model: {"score": value, "weights_ts": weights_ts}}
-            datastore.update_image_info(image_id, {"tta_uncertainty": scores})
-            results[image_id] = value
-            logger.info(f"{model} on {image_id}: TTA uncertainty {value:.4f}")
-        return results
+    def images(self, datastore) -> list[str]:
+        return datastore.get_unlabeled_images()
+
+    def score_image(self, datastore, image_id: str, device: str):
+        return {"score": self.score(datastore.get_image_uri(image_id), device)}
