@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import custom_nets.ops.scan as scan_module
+import custom_nets.ops.scan_cpu as scan_cpu_module
 from custom_nets import selective_scan
 from custom_nets.ops import BACKEND_ENV
 from conftest import needs_cuda_kernel
@@ -31,9 +32,11 @@ def make_inputs(batch=2, d_inner=6, d_state=4, length=23, groups=None, dtype=tor
 
 @pytest.fixture
 def short_chunks(monkeypatch):
-    """Segments of 10 steps in chunks of 4: a length of 23 crosses segment and chunk edges and pads both."""
+    """Segments of 8 steps in chunks of 4, and on CPU forward blocks of 2 chunks: a length of 23 crosses segment,
+    block and chunk edges and pads them."""
     monkeypatch.setattr(scan_module, "MAX_CHUNK", 4)
     monkeypatch.setattr(scan_module, "SEGMENT_ELEMENTS", 10 * 2 * 6 * 4)
+    monkeypatch.setattr(scan_cpu_module, "BLOCK_ELEMENTS", 2 * 6 * 4 * 4 * 3)
 
 
 OPTIONALS = [
@@ -115,6 +118,36 @@ def test_backward_keeps_no_full_state_tensor():
     full_state = batch * d_inner * length * d_state
     assert max(sizes) <= batch * max(d_inner, d_state) * length  # the largest input
     assert sum(sizes) < full_state / 2
+
+
+@pytest.mark.parametrize("groups", [None, 2])
+def test_closed_form_forward_matches_stepwise_reference(short_chunks, groups):
+    """The forward that CUDA tensors take (on CPU the forward steps through chunks instead), checked here on CPU."""
+    inputs = make_inputs(groups=groups)
+    expected, expected_last = selective_scan_stepwise(**inputs, delta_softplus=True)
+    dt = torch.nn.functional.softplus(inputs["delta"] + inputs["delta_bias"][:, None])
+    B, C = (t.unsqueeze(1) if t.dim() == 3 else t for t in (inputs["B"], inputs["C"]))
+    plan = scan_module._plan(dt, inputs["A"])
+    assert len(plan) > 1
+    y, states, last = scan_module._closed_form_forward(dt, inputs["u"], inputs["A"], B, C, plan)
+    out = (y + inputs["u"] * inputs["D"][:, None]) * torch.nn.functional.silu(inputs["z"])
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(last.reshape(expected_last.shape), expected_last, rtol=1e-10, atol=1e-10)
+    assert states.shape[0] == len(plan)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softplus_without_gradients_matches_torch(dtype):
+    """The forward's softplus (log1p by a corrected log) against torch's, from underflow to the linear range."""
+    x = torch.cat([torch.linspace(-80, 80, 20001, dtype=torch.float64),
+                   torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, float("inf"), float("-inf")],
+                                dtype=torch.float64)]).to(dtype)
+    expected = torch.nn.functional.softplus(x.double())
+    expected = torch.where(x.double() > 20, x.double() + torch.exp(-x.double()), expected)  # torch returns x there
+    with torch.no_grad():
+        got = scan_module._softplus(x)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, rtol=4 * torch.finfo(dtype).eps, atol=0)
 
 
 def test_backend_selection(monkeypatch):

@@ -12,7 +12,8 @@ Backends:
     that fit a memory budget, and each segment into short chunks. Inside a chunk the recurrence is solved in
     closed form in log space, all chunks of a segment at once; chunks are chained by their boundary states, and
     segments one after another. The backward pass recomputes each segment, so what is kept for backward is the
-    inputs plus one state per segment, never a ``batch x d_inner x L x d_state`` tensor.
+    inputs plus one state per segment, never a ``batch x d_inner x L x d_state`` tensor. On CPU the forward pass
+    steps through all chunks at once instead (``scan_cpu``), which makes fewer passes over memory.
     ``"cuda"``: mamba-ssm's fused kernel (``selective_scan_cuda``), for CUDA tensors when it is installed.
     ``"auto"``: ``"cuda"`` when it can run, else ``"torch"``. The environment variable
     ``SEGRESMAMBA_SCAN_BACKEND`` (``torch`` or ``cuda``) forces a backend wherever ``"auto"`` is asked for.
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .cuda_kernels import selective_scan_kernel
+from .scan_cpu import full_precision_matmul, scan_forward
 
 __all__ = ["BACKEND_ENV", "BACKENDS", "resolve_backend", "selective_scan"]
 
@@ -171,14 +173,30 @@ def _per_group(t: torch.Tensor | None, groups: int, dtype: torch.dtype) -> torch
 
 def _time_step(delta, delta_bias, softplus: bool) -> torch.Tensor:
     dt = delta if delta_bias is None else delta + delta_bias
-    return F.softplus(dt) if softplus else dt
+    return _softplus(dt) if softplus else dt
+
+
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    """``F.softplus``, in a third of its time where no gradient is needed (torch's CPU ``log1p`` is several times
+    slower than its ``log``): ``max(x, 0) + log1p(e)``, ``e = exp(-|x|)``, with
+    ``log1p(e) = log(u) + (e - (u - 1)) / u``, ``u = 1 + e``, which corrects the rounding of ``u``. In place where
+    it can be: each fresh tensor of this size costs page faults."""
+    if torch.is_grad_enabled():
+        return F.softplus(x)
+    e = x.abs().neg_().exp_()
+    u = e + 1
+    correction = e.sub_(u - 1).div_(u)
+    return x.clamp(min=0).add_(u.log_()).add_(correction)
 
 
 def _finish(y, u, D, z):
-    """Skip term and gate: ``(y + D u) * silu(z)``."""
+    """Skip term and gate: ``(y + D u) * silu(z)``; in place on ``y`` where no gradient is needed."""
+    in_place = not torch.is_grad_enabled()
     if D is not None:
-        y = y + u * D
-    return y if z is None else y * F.silu(z)
+        y = y.addcmul_(u, D) if in_place else torch.addcmul(y, u, D)
+    if z is not None:
+        y = y.mul_(F.silu(z)) if in_place else y * F.silu(z)
+    return y
 
 
 def _scan_segment(dt, u, A, B, C, h0, chunk: int):
@@ -214,7 +232,7 @@ def _scan_segment(dt, u, A, B, C, h0, chunk: int):
     local_end = decay[:, :, :, -1] * scaled.sum(3)  # state at each chunk's end, from a zero start
     entering, h = _chain_chunks(chunk_decay, local_end, h0)
     scaled[:, :, :, 0] += first_decay * entering
-    if _full_precision_matmul(dt):
+    if full_precision_matmul(dt):
         lower_ones = torch.ones(chunk, chunk, dtype=dt.dtype, device=dt.device).tril()
         states = decay * torch.matmul(lower_ones, scaled.flatten(4)).reshape(scaled.shape)  # h_t at every step
         y = torch.matmul(states, C.unsqueeze(-1))
@@ -224,42 +242,40 @@ def _scan_segment(dt, u, A, B, C, h0, chunk: int):
     return y.reshape(batch, groups, chunks * chunk, per_group)[:, :, :length], h
 
 
-def _full_precision_matmul(t: torch.Tensor) -> bool:
-    """Whether float32 matmuls on ``t``'s device keep full precision. The scaled terms span up to e^60, so
-    reduced-precision matmuls (TF32 on CUDA, bfloat16 under a lower float32 matmul precision) would round them
-    to 8-11 bits; there, and on CUDA where cumsum is fast anyway, the prefix sum is a cumsum."""
-    return t.device.type == "cpu" and (t.dtype == torch.float64 or torch.get_float32_matmul_precision() == "highest")
-
-
 def _chain_chunks(decay: torch.Tensor, local_end: torch.Tensor, h0: torch.Tensor):
     """States entering each chunk, for ``s_k = decay_k * s_{k-1} + local_end_k`` along dim 2 from ``s_{-1} = h0``.
 
     A Hillis-Steele scan: log2(K) steps over all chunks at once instead of K small steps. ``decay`` is at most 1,
-    so its running products only shrink. Returns the entering states (like ``decay``) and the last state.
+    so its running products only shrink. ``decay`` and ``local_end`` are ``(batch, groups, K, ...)``, ``h0`` the
+    same without ``K``. Returns the entering states (like ``decay``) and the last state.
     """
     chunks, shift = decay.shape[2], 1
     while shift < chunks:
-        local_end = torch.cat([local_end[:, :, :shift], decay[:, :, shift:] * local_end[:, :, :-shift]
-                               + local_end[:, :, shift:]], dim=2)
+        local_end = torch.cat([local_end[:, :, :shift], torch.addcmul(local_end[:, :, shift:], decay[:, :, shift:],
+                                                                      local_end[:, :, :-shift])], dim=2)
         decay = torch.cat([decay[:, :, :shift], decay[:, :, shift:] * decay[:, :, :-shift]], dim=2)
         shift *= 2
-    after = decay * h0.unsqueeze(2) + local_end  # the state after each chunk
+    after = torch.addcmul(local_end, decay, h0.unsqueeze(2))  # the state after each chunk
     return torch.cat([h0.unsqueeze(2), after[:, :, :-1]], dim=2), after[:, :, -1]
+
+
+def _segment_length(batch: int, d_inner: int, d_state: int) -> int:
+    """Steps in a segment: about ``SEGMENT_ELEMENTS`` state elements, in a whole number of ``MAX_CHUNK`` chunks (a
+    segment of 21 steps in chunks of 16 would pad a third of its work)."""
+    return max(1, SEGMENT_ELEMENTS // (batch * d_inner * d_state * MAX_CHUNK)) * MAX_CHUNK
 
 
 @torch.no_grad()
 def _plan(dt: torch.Tensor, A: torch.Tensor) -> list[tuple[int, int, int]]:
-    """Segments ``(start, end, chunk length)`` for time-major ``dt`` (b, g, L, dg) and grouped ``A``.
+    """Segments ``(start, end, chunk length)`` for time steps ``dt`` (b, d_inner, L) and ``A`` (d_inner, d_state).
 
-    A segment holds about ``SEGMENT_ELEMENTS`` state elements. Its chunk length is the longest (up to
-    ``MAX_CHUNK``) for which the decay sum over a chunk's steps after the first cannot pass ``MAX_LOG_DECAY``,
-    given the segment's fastest decay per step; so a burst of large time steps shortens the chunks of its
-    segment only.
+    Its chunk length is the longest (up to ``MAX_CHUNK``) for which the decay sum over a chunk's steps after the
+    first cannot pass ``MAX_LOG_DECAY``, given the segment's fastest decay per step; so a burst of large time steps
+    shortens the chunks of its segment only.
     """
-    batch, groups, length, per_group = dt.shape
-    # A whole number of chunks: a segment of 21 steps in chunks of 16 would pad a third of its work.
-    segment = max(1, SEGMENT_ELEMENTS // (batch * groups * per_group * A.shape[-1] * MAX_CHUNK)) * MAX_CHUNK
-    rate = (dt * A.abs().amax(dim=-1)).amax(dim=(0, 1, 3))  # (L,): fastest decay at each step
+    batch, d_inner, length = dt.shape
+    segment = _segment_length(batch, d_inner, A.shape[1])
+    rate = (dt * A.abs().amax(dim=-1, keepdim=True).to(dt.dtype)).amax(dim=(0, 1))  # (L,): fastest decay per step
     limit = MAX_LOG_DECAY[dt.dtype]
     plan = []
     for start in range(0, length, segment):
@@ -270,30 +286,44 @@ def _plan(dt: torch.Tensor, A: torch.Tensor) -> list[tuple[int, int, int]]:
     return plan
 
 
+def _closed_form_forward(dt, u, A, B, C, plan):
+    """The recurrence by ``_scan_segment``, segment after segment, from a zero state.
+
+    ``dt, u`` (b, d_inner, L); ``A`` (d_inner, N); ``B, C`` (b, g, N, L). Returns ``y`` (b, d_inner, L), the state
+    entering each segment (segments, b, g, d_inner // g, N) and the last state (b, g, d_inner // g, N)."""
+    groups = B.shape[1]
+    dt_, u_ = (_to_time_major(t, groups, dt.dtype) for t in (dt, u))
+    B_, C_ = (t.transpose(2, 3).contiguous() for t in (B, C))  # (b, g, L, N)
+    A_ = _per_group(A, groups, dt.dtype)
+    y = torch.empty_like(u_)
+    h = u_.new_zeros(*u_.shape[:2], u_.shape[3], A.shape[1])
+    segment_states = []
+    for start, end, chunk in plan:
+        segment_states.append(h)
+        w = slice(start, end)
+        y[:, :, w], h = _scan_segment(dt_[:, :, w], u_[:, :, w], A_, B_[:, :, w], C_[:, :, w], h, chunk)
+    return _from_time_major(y), torch.stack(segment_states), h
+
+
 class _ChunkedSelectiveScan(torch.autograd.Function):
     """Chunked scan; saves the inputs and one state per segment, and recomputes each segment in backward."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         dtype = _compute_dtype(u)
-        B_, C_ = _as_groups(B), _as_groups(C)
-        groups = B_.shape[1]
-        u_, delta_, z_ = (_to_time_major(t, groups, dtype) for t in (u, delta, z))
-        B_, C_ = (t.to(dtype).transpose(2, 3).contiguous() for t in (B_, C_))  # (b, g, L, N)
-        A_, D_, bias_ = (_per_group(t, groups, dtype) for t in (A, D, delta_bias))
-        dt = _time_step(delta_, bias_, delta_softplus)
+        u_, A_, B_, C_ = (t.to(dtype) for t in (u, A, _as_groups(B), _as_groups(C)))
+        D_, bias_ = (None if t is None else t.to(dtype)[:, None] for t in (D, delta_bias))
+        dt = _time_step(delta.to(dtype), bias_, delta_softplus)  # (b, d_inner, L)
         plan = _plan(dt, A_)
-        y = torch.empty_like(u_)
-        h = u_.new_zeros(*u_.shape[:2], u_.shape[3], A.shape[1])
-        segment_states = []
-        for start, end, chunk in plan:
-            segment_states.append(h)
-            w = slice(start, end)
-            y[:, :, w], h = _scan_segment(dt[:, :, w], u_[:, :, w], A_, B_[:, :, w], C_[:, :, w], h, chunk)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, torch.stack(segment_states))
+        if u.device.type == "cpu":
+            segment = _segment_length(u.shape[0], u.shape[1], A.shape[1])
+            y, segment_states, h = scan_forward(dt, u_, A_, B_, C_, MAX_CHUNK, segment)
+        else:
+            y, segment_states, h = _closed_form_forward(dt, u_, A_, B_, C_, plan)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, segment_states)
         ctx.plan = plan
         ctx.delta_softplus = delta_softplus
-        out = _from_time_major(_finish(y, u_, D_, z_))
+        out = _finish(y, u_, D_, None if z is None else z.to(dtype))
         return out.to(u.dtype), h.reshape(u.shape[0], u.shape[1], -1).to(u.dtype)
 
     @staticmethod

@@ -1,0 +1,137 @@
+"""The forward pass of the torch selective scan on CPU: the recurrence stepped through every chunk at once.
+
+The sequence is cut into chunks of ``chunk`` steps and the chunks into blocks. Within a block each step of the
+recurrence ``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t`` is one elementwise operation over all of the block's chunks:
+a first sweep gives every chunk's end state from a zero start, a pass from chunk to chunk the state entering each
+of them, and a second sweep from those states gives ``h_t`` and ``y_t = <C_t, h_t>``.
+
+Compared with the closed form that the backward pass recomputes (``scan._scan_segment``) this multiplies decays step
+by step, so it needs no bound on the decay inside a chunk, and it makes fewer passes over the state elements, all
+into two buffers reused from block to block. Writing into buffers is what makes it fast and what makes it
+non-differentiable: ``scan._ChunkedSelectiveScan`` runs it with gradients off.
+
+Layout: time-major, state elements as ``(batch, groups, chunks, chunk, d_state, d_inner // groups)``, so that the
+innermost dimension of every operation is the long, contiguous channel one.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+
+__all__ = ["full_precision_matmul", "scan_forward"]
+
+# State elements of one block (4 MiB in float32), the size of each of the two buffers: each operation then
+# outweighs its dispatch, and a block still fits the last-level cache. Of 2^18 to 2^21, 2^20 was fastest here.
+BLOCK_ELEMENTS = 1 << 20
+LOG2E = 1.0 / math.log(2.0)
+
+
+def scan_forward(dt, u, A, B, C, chunk: int, record_every: int):
+    """Run the recurrence over the whole sequence from a zero state.
+
+    Args:
+        dt: time steps after bias and softplus, ``(batch, d_inner, L)``.
+        u: input, ``(batch, d_inner, L)``.
+        A: ``(d_inner, d_state)``.
+        B, C: ``(batch, groups, d_state, L)``.
+        chunk: steps per chunk.
+        record_every: the state entering every ``record_every``-th step is returned (a multiple of ``chunk``).
+
+    All in one floating dtype. Returns ``y`` ``(batch, d_inner, L)``, the recorded states
+    ``(records, batch, groups, d_inner // groups, d_state)`` and the last state ``(batch, groups, d_inner // groups,
+    d_state)``.
+    """
+    batch, d_inner, length = dt.shape
+    groups, d_state = B.shape[1], B.shape[2]
+    per_group = d_inner // groups
+    chunks = -(-length // chunk)
+    dt_t = _time_major(dt.reshape(batch, groups, per_group, length), chunks * chunk)
+    dtu_t = _time_major(u.reshape(batch, groups, per_group, length), chunks * chunk).mul_(dt_t)
+    B_t, C_t = (_time_major(t, chunks * chunk) for t in (B, C))
+    dt_t, dtu_t, B_t, C_t = (t.view(batch, groups, chunks, chunk, -1) for t in (dt_t, dtu_t, B_t, C_t))
+    A2 = (A * LOG2E).reshape(1, groups, 1, per_group, d_state).transpose(3, 4)  # (1, g, 1, N, dg): exp(dt A) = exp2(dt A2)
+    y_t = torch.empty_like(dt_t)
+
+    per_chunk = batch * d_inner * d_state * chunk
+    block = max(1, BLOCK_ELEMENTS // per_chunk)
+    record_chunks = record_every // chunk
+    block = max(record_chunks, block // record_chunks * record_chunks)  # blocks start on recorded chunks
+    buffer_shape = (batch, groups, block, chunk, d_state, per_group)
+    decay_buffer, input_buffer = _workspace(buffer_shape, dt.dtype)
+    h = dt.new_zeros(batch, groups, d_state, per_group)
+    recorded = []
+    for start in range(0, chunks, block):
+        end = min(start + block, chunks)
+        decay, inputs = decay_buffer[:, :, : end - start], input_buffer[:, :, : end - start]
+        torch.mul(dt_t[:, :, start:end].unsqueeze(4), A2.unsqueeze(2), out=decay).exp2_()
+        torch.mul(dtu_t[:, :, start:end].unsqueeze(4), B_t[:, :, start:end].unsqueeze(5), out=inputs)
+        # Views made once: in the loops below, indexing would cost as much as the small operations themselves.
+        decays, step_inputs = decay.unbind(3), inputs.unbind(3)
+        local_end = step_inputs[0].clone()
+        for step in range(1, chunk):
+            torch.addcmul(step_inputs[step], decays[step], local_end, out=local_end)
+        chunk_decay = torch.exp2(dt_t[:, :, start:end].sum(3).unsqueeze(3) * A2)
+        entering = torch.empty_like(local_end)
+        entering[:, :, 0] = h
+        chained = zip(local_end.unbind(2), chunk_decay.unbind(2), entering.unbind(2), entering.unbind(2)[1:])
+        for chunk_end, chunk_decay_k, entering_k, entering_next in chained:  # fewer operations than a parallel scan
+            torch.addcmul(chunk_end, chunk_decay_k, entering_k, out=entering_next)
+        h = torch.addcmul(local_end[:, :, -1], chunk_decay[:, :, -1], entering[:, :, -1])
+        recorded.append(entering[:, :, ::record_chunks].clone())
+        state = entering
+        for step in range(chunk):  # h_t, written over the decays it no longer needs
+            state = torch.addcmul(step_inputs[step], decays[step], state, out=decays[step])
+        if full_precision_matmul(decay):
+            y_t[:, :, start:end] = torch.matmul(C_t[:, :, start:end].unsqueeze(4), decay).squeeze(4)
+        else:
+            y_t[:, :, start:end] = (decay * C_t[:, :, start:end].unsqueeze(5)).sum(4)
+    y = _from_time_major(y_t.view(batch, groups, chunks * chunk, per_group), length)
+    return y, torch.cat(recorded, dim=2).movedim(2, 0).transpose(3, 4), h.transpose(2, 3)
+
+
+_workspaces = threading.local()
+
+
+def _workspace(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two buffers of ``shape``, kept per thread and grown as needed. Fresh memory of this size costs a page fault
+    per 4 KiB on first touch, which took a quarter of the forward time when the buffers were allocated per call."""
+    size = math.prod(shape)
+    kept = getattr(_workspaces, "buffers", {}).get(dtype)
+    if kept is None or kept.shape[1] < size:
+        kept = torch.empty(2, size, dtype=dtype)
+        _workspaces.buffers = {**getattr(_workspaces, "buffers", {}), dtype: kept}
+    return kept[0, :size].view(shape), kept[1, :size].view(shape)
+
+
+def _time_major(t: torch.Tensor, padded: int) -> torch.Tensor:
+    """``(batch, groups, channels, L)`` -> contiguous ``(batch, groups, padded, channels)``, zeros after ``L``.
+
+    One 2D copy per (batch, group): PyTorch transposes a 2D tensor in cache-sized tiles, and anything of more
+    dimensions element by element, several times slower."""
+    batch, groups, channels, length = t.shape
+    out = t.new_empty(batch, groups, padded, channels)
+    out[:, :, length:] = 0
+    for b in range(batch):
+        for g in range(groups):
+            out[b, g, :length].copy_(t[b, g].t())
+    return out
+
+
+def _from_time_major(t: torch.Tensor, length: int) -> torch.Tensor:
+    """``(batch, groups, padded, channels)`` -> ``(batch, groups * channels, length)``."""
+    batch, groups, _, channels = t.shape
+    out = t.new_empty(batch, groups, channels, length)
+    for b in range(batch):
+        for g in range(groups):
+            out[b, g].copy_(t[b, g, :length].t())
+    return out.view(batch, groups * channels, length)
+
+
+def full_precision_matmul(t: torch.Tensor) -> bool:
+    """Whether float32 matmuls on ``t``'s device keep full precision: not TF32 on CUDA, nor bfloat16 on CPU under a
+    float32 matmul precision below ``"highest"``. The closed form's scaled terms span up to e^60, which those would
+    round to 8-11 bits, and either form's readout would lose digits; where this is false, both sum instead."""
+    return t.device.type == "cpu" and (t.dtype == torch.float64 or torch.get_float32_matmul_precision() == "highest")
