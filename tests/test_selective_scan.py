@@ -136,6 +136,21 @@ def test_closed_form_forward_matches_stepwise_reference(short_chunks, groups):
     assert states.shape[0] == len(plan)
 
 
+@pytest.mark.parametrize("chunks", [1, 2, 5, 7, 16, 40])
+def test_states_entering_chunks_in_groups_match_one_chunk_after_another(chunks):
+    generator = torch.Generator().manual_seed(chunks)
+    decay = torch.rand(2, 3, chunks, 4, 5, generator=generator, dtype=torch.float64)
+    local_end = torch.randn(2, 3, chunks, 4, 5, generator=generator, dtype=torch.float64)
+    h = torch.randn(2, 3, 4, 5, generator=generator, dtype=torch.float64)
+    expected = []
+    for k in range(chunks):
+        expected.append(h)
+        h = decay[:, :, k] * h + local_end[:, :, k]
+    entering, last = scan_cpu_module._enter_chunks(decay, local_end, expected[0])
+    torch.testing.assert_close(entering, torch.stack(expected, dim=2), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(last, h, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_softplus_without_gradients_matches_torch(dtype):
     """The forward's softplus (log1p by a corrected log) against torch's, from underflow to the linear range."""
@@ -145,9 +160,10 @@ def test_softplus_without_gradients_matches_torch(dtype):
     expected = torch.nn.functional.softplus(x.double())
     expected = torch.where(x.double() > 20, x.double() + torch.exp(-x.double()), expected)  # torch returns x there
     with torch.no_grad():
-        got = scan_module._softplus(x)
+        got, got_in_place = scan_module._softplus(x), scan_module._softplus(x.clone(), in_place=True)
     assert got.dtype == dtype
     torch.testing.assert_close(got.double(), expected, rtol=4 * torch.finfo(dtype).eps, atol=0)
+    torch.testing.assert_close(got_in_place, got, rtol=0, atol=0)
 
 
 def test_backend_selection(monkeypatch):

@@ -173,20 +173,21 @@ def _per_group(t: torch.Tensor | None, groups: int, dtype: torch.dtype) -> torch
 
 def _time_step(delta, delta_bias, softplus: bool) -> torch.Tensor:
     dt = delta if delta_bias is None else delta + delta_bias
-    return _softplus(dt) if softplus else dt
+    return _softplus(dt, in_place=delta_bias is not None) if softplus else dt
 
 
-def _softplus(x: torch.Tensor) -> torch.Tensor:
+def _softplus(x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """``F.softplus``, in a third of its time where no gradient is needed (torch's CPU ``log1p`` is several times
     slower than its ``log``): ``max(x, 0) + log1p(e)``, ``e = exp(-|x|)``, with
-    ``log1p(e) = log(u) + (e - (u - 1)) / u``, ``u = 1 + e``, which corrects the rounding of ``u``. In place where
-    it can be: each fresh tensor of this size costs page faults."""
+    ``log1p(e) = log(u) + (e - (u - 1)) / u``, ``u = 1 + e``, which corrects the rounding of ``u``. ``in_place``
+    reuses ``x``; each fresh tensor of this size costs page faults."""
     if torch.is_grad_enabled():
         return F.softplus(x)
     e = x.abs().neg_().exp_()
     u = e + 1
-    correction = e.sub_(u - 1).div_(u)
-    return x.clamp(min=0).add_(u.log_()).add_(correction)
+    correction = e.sub_(u.sub_(1)).div_(u.add_(1))  # u - 1 and back are exact: u is in [1, 2]
+    linear = x.clamp_(min=0) if in_place else x.clamp(min=0)
+    return linear.add_(u.log_()).add_(correction)
 
 
 def _finish(y, u, D, z):
@@ -276,11 +277,11 @@ def _plan(dt: torch.Tensor, A: torch.Tensor) -> list[tuple[int, int, int]]:
     batch, d_inner, length = dt.shape
     segment = _segment_length(batch, d_inner, A.shape[1])
     rate = (dt * A.abs().amax(dim=-1, keepdim=True).to(dt.dtype)).amax(dim=(0, 1))  # (L,): fastest decay per step
+    fastest_per_segment = F.pad(rate, (0, -length % segment)).view(-1, segment).amax(dim=1).tolist()
     limit = MAX_LOG_DECAY[dt.dtype]
     plan = []
-    for start in range(0, length, segment):
+    for start, fastest in zip(range(0, length, segment), fastest_per_segment):
         end = min(start + segment, length)
-        fastest = float(rate[start:end].max())
         chunk = MAX_CHUNK if fastest * (MAX_CHUNK - 1) <= limit else int(limit // fastest) + 1
         plan.append((start, end, min(chunk, end - start)))
     return plan

@@ -53,7 +53,7 @@ def scan_forward(dt, u, A, B, C, chunk: int, record_every: int):
     B_t, C_t = (_time_major(t, chunks * chunk) for t in (B, C))
     dt_t, dtu_t, B_t, C_t = (t.view(batch, groups, chunks, chunk, -1) for t in (dt_t, dtu_t, B_t, C_t))
     A2 = (A * LOG2E).reshape(1, groups, 1, per_group, d_state).transpose(3, 4)  # (1, g, 1, N, dg): exp(dt A) = exp2(dt A2)
-    y_t = torch.empty_like(dt_t)
+    y_t = dtu_t  # each block's outputs go over its dt * u, read by then
 
     per_chunk = batch * d_inner * d_state * chunk
     block = max(1, BLOCK_ELEMENTS // per_chunk)
@@ -74,22 +74,53 @@ def scan_forward(dt, u, A, B, C, chunk: int, record_every: int):
         for step in range(1, chunk):
             torch.addcmul(step_inputs[step], decays[step], local_end, out=local_end)
         chunk_decay = torch.exp2(dt_t[:, :, start:end].sum(3).unsqueeze(3) * A2)
-        entering = torch.empty_like(local_end)
-        entering[:, :, 0] = h
-        chained = zip(local_end.unbind(2), chunk_decay.unbind(2), entering.unbind(2), entering.unbind(2)[1:])
-        for chunk_end, chunk_decay_k, entering_k, entering_next in chained:  # fewer operations than a parallel scan
-            torch.addcmul(chunk_end, chunk_decay_k, entering_k, out=entering_next)
-        h = torch.addcmul(local_end[:, :, -1], chunk_decay[:, :, -1], entering[:, :, -1])
+        entering, h = _enter_chunks(chunk_decay, local_end, h)
         recorded.append(entering[:, :, ::record_chunks].clone())
         state = entering
         for step in range(chunk):  # h_t, written over the decays it no longer needs
             state = torch.addcmul(step_inputs[step], decays[step], state, out=decays[step])
+        y_block = y_t[:, :, start:end]
         if full_precision_matmul(decay):
-            y_t[:, :, start:end] = torch.matmul(C_t[:, :, start:end].unsqueeze(4), decay).squeeze(4)
+            y_block.copy_(torch.matmul(C_t[:, :, start:end].unsqueeze(4), decay).squeeze(4))
         else:
-            y_t[:, :, start:end] = (decay * C_t[:, :, start:end].unsqueeze(5)).sum(4)
+            torch.sum(decay * C_t[:, :, start:end].unsqueeze(5), dim=4, out=y_block)
     y = _from_time_major(y_t.view(batch, groups, chunks * chunk, per_group), length)
     return y, torch.cat(recorded, dim=2).movedim(2, 0).transpose(3, 4), h.transpose(2, 3)
+
+
+def _enter_chunks(decay: torch.Tensor, local_end: torch.Tensor, h0: torch.Tensor):
+    """States entering each chunk, for ``s_k = decay_k * s_{k-1} + local_end_k`` along dim 2 from ``s_{-1} = h0``.
+
+    The chunks are taken in groups of about ``sqrt(K)``: each group's decay and end state from a zero start, for all
+    groups at once, then the groups one after another, then the chunks inside all groups at once. That is about
+    ``4 sqrt(K)`` operations instead of ``K``, which for these small states is what the time goes to.
+    ``decay``, ``local_end``: ``(batch, groups, K, ...)``; ``h0`` the same without ``K``. Returns the entering
+    states (like ``decay``) and the state after the last chunk.
+    """
+    chunks = decay.shape[2]
+    size = max(1, math.isqrt(chunks))
+    padding = -chunks % size
+    if padding:  # chunks that decay by nothing and add nothing
+        decay = torch.cat([decay, decay.new_ones(*decay.shape[:2], padding, *decay.shape[3:])], dim=2)
+        local_end = torch.cat([local_end, local_end.new_zeros(*local_end.shape[:2], padding, *local_end.shape[3:])], dim=2)
+    grouped = (*decay.shape[:2], -1, size, *decay.shape[3:])
+    decays, ends = decay.view(grouped).unbind(3), local_end.view(grouped).unbind(3)
+    group_decay, group_end = decays[0].clone(), ends[0].clone()
+    for decay_j, end_j in zip(decays[1:], ends[1:]):
+        torch.addcmul(end_j, decay_j, group_end, out=group_end)
+        group_decay.mul_(decay_j)
+    entering = torch.empty_like(local_end).view(grouped)
+    group_entering = entering.unbind(3)[0]
+    group_entering[:, :, 0] = h0
+    for group_entering_next, group_decay_i, group_end_i, group_entering_i in zip(
+        group_entering.unbind(2)[1:], group_decay.unbind(2), group_end.unbind(2), group_entering.unbind(2)
+    ):
+        torch.addcmul(group_end_i, group_decay_i, group_entering_i, out=group_entering_next)
+    h = torch.addcmul(group_end[:, :, -1], group_decay[:, :, -1], group_entering[:, :, -1])
+    enterings = entering.unbind(3)
+    for j in range(1, size):
+        torch.addcmul(ends[j - 1], decays[j - 1], enterings[j - 1], out=enterings[j])
+    return entering.view(local_end.shape)[:, :, :chunks], h
 
 
 _workspaces = threading.local()
