@@ -97,10 +97,12 @@ def case(impl: str, d_inner: int, length: int, mode: str, measure: str = "time",
     print(json.dumps(record))
 
 
-def _run_case(impl: str, d_inner: int, length: int, mode: str, repeats: int) -> dict:
-    """Time in one fresh process (default malloc), memory in another (freed memory returned to the OS)."""
-    record = {}
-    for measure, extra_env in (("time", {}), ("memory", {"MALLOC_MMAP_THRESHOLD_": "65536"})):
+def _run_case(impl: str, d_inner: int, length: int, mode: str, repeats: int, processes: int) -> dict:
+    """Time in ``processes`` fresh processes (default malloc; the median of their medians, since one process can
+    run 40% slower than the next throughout), memory in another (freed memory returned to the OS)."""
+    record, process_seconds = {}, []
+    runs = [("time", {})] * processes + [("memory", {"MALLOC_MMAP_THRESHOLD_": "65536"})]
+    for measure, extra_env in runs:
         command = [sys.executable, "-m", "benchmarks.scan", "case", impl, str(d_inner), str(length), mode,
                    f"--measure={measure}", f"--repeats={repeats}"]
         done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, **extra_env), capture_output=True, text=True)
@@ -108,7 +110,9 @@ def _run_case(impl: str, d_inner: int, length: int, mode: str, repeats: int) -> 
             return dict(impl=impl, d_inner=d_inner, length=length, mode=mode,
                         error=(done.stderr.strip().splitlines() or ["failed"])[-1])
         record.update(json.loads(done.stdout.strip().splitlines()[-1]))
-    return record
+        if measure == "time":
+            process_seconds.append(record["seconds"])
+    return dict(record, seconds=statistics.median(process_seconds), process_seconds=process_seconds)
 
 
 def run(out: str = "benchmarks/results/scan_cpu") -> None:
@@ -116,14 +120,15 @@ def run(out: str = "benchmarks/results/scan_cpu") -> None:
     records = []
     for d_inner in D_INNER:
         for length in LENGTHS:
-            repeats = 9 if d_inner * length <= 96 * 4096 else 1  # the small cases vary most from run to run
+            small = d_inner * length <= 96 * 4096  # these vary most from run to run and from process to process
             for mode in ("forward", "forward_backward"):
                 impls = ["chunked"]
                 if mode == "forward" or d_inner * length <= LOOP_BACKWARD_MAX_SIZE:
                     impls.append("stepwise")
                 for impl in impls:
-                    slow = impl == "stepwise" and mode == "forward_backward"  # 17 s a run at 96 x 4096
-                    record = _run_case(impl, d_inner, length, mode, min(repeats, 3) if slow else repeats)
+                    slow = impl == "stepwise" and mode == "forward_backward"  # 17-26 s a run at 96 x 4096
+                    repeats, processes = (9, 5) if small and not slow else (3, 1) if small else (1, 1)
+                    record = _run_case(impl, d_inner, length, mode, repeats, processes)
                     print(json.dumps(record), flush=True)
                     records.append(record)
     stamp = dict(
@@ -165,7 +170,8 @@ def _markdown(stamp: dict, records: list[dict]) -> str:
         "",
         f"{stamp['date']}, {stamp['processor']}, {stamp['cpus']} CPUs, {stamp['torch_threads']} torch threads, "
         f"Python {stamp['python']}, torch {stamp['torch']}. Batch 1, d_state 16, float32. Time: median seconds "
-        "(default malloc); memory: peak RSS increase over the inputs, MiB (MALLOC_MMAP_THRESHOLD_=65536 so that "
+        "(default malloc; up to d_inner x L = 96 x 4096, the median over 5 fresh processes of the median of 9 runs "
+        "each, except the loop's backward: 3 runs, 1 process; above that, 1 run); memory: peak RSS increase over the inputs, MiB (MALLOC_MMAP_THRESHOLD_=65536 so that "
         "freed tensors leave the RSS); each in a fresh process. The loop's backward (an autograd node per step) "
         "is run up to d_inner x L = 96 x 4096.",
         "",

@@ -2,7 +2,7 @@
 
 The sequence is cut into chunks of ``chunk`` steps and the chunks into blocks. Within a block each step of the
 recurrence ``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t`` is one elementwise operation over all of the block's chunks:
-a first sweep gives every chunk's end state from a zero start, a pass from chunk to chunk the state entering each
+a first sweep gives every chunk's end state from a zero start, a pass over groups of chunks the state entering each
 of them, and a second sweep from those states gives ``h_t`` and ``y_t = <C_t, h_t>``.
 
 Compared with the closed form that the backward pass recomputes (``scan._scan_segment``) this multiplies decays step
