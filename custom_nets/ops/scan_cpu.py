@@ -52,7 +52,8 @@ def scan_forward(dt, u, A, B, C, chunk: int, record_every: int):
     dtu_t = _time_major(u.reshape(batch, groups, per_group, length), chunks * chunk).mul_(dt_t)
     B_t, C_t = (_time_major(t, chunks * chunk) for t in (B, C))
     dt_t, dtu_t, B_t, C_t = (t.view(batch, groups, chunks, chunk, -1) for t in (dt_t, dtu_t, B_t, C_t))
-    A2 = (A * LOG2E).reshape(1, groups, 1, per_group, d_state).transpose(3, 4)  # (1, g, 1, N, dg): exp(dt A) = exp2(dt A2)
+    # exp(dt A) = exp2(dt A2); A2 as (1, g, 1, N, dg)
+    A2 = (A * LOG2E).reshape(1, groups, 1, per_group, d_state).transpose(3, 4)
     y_t = dtu_t  # each block's outputs go over its dt * u, read by then
 
     per_chunk = batch * d_inner * d_state * chunk
@@ -101,8 +102,9 @@ def _enter_chunks(decay: torch.Tensor, local_end: torch.Tensor, h0: torch.Tensor
     size = max(1, math.isqrt(chunks))
     padding = -chunks % size
     if padding:  # chunks that decay by nothing and add nothing
-        decay = torch.cat([decay, decay.new_ones(*decay.shape[:2], padding, *decay.shape[3:])], dim=2)
-        local_end = torch.cat([local_end, local_end.new_zeros(*local_end.shape[:2], padding, *local_end.shape[3:])], dim=2)
+        shape = (*decay.shape[:2], padding, *decay.shape[3:])
+        decay = torch.cat([decay, decay.new_ones(shape)], dim=2)
+        local_end = torch.cat([local_end, local_end.new_zeros(shape)], dim=2)
     grouped = (*decay.shape[:2], -1, size, *decay.shape[3:])
     decays, ends = decay.view(grouped).unbind(3), local_end.view(grouped).unbind(3)
     group_decay, group_end = decays[0].clone(), ends[0].clone()
