@@ -172,8 +172,8 @@ def _markdown(stamp: dict, records: list[dict]) -> str:
         f"Python {stamp['python']}, torch {stamp['torch']}. Batch 1, d_state 16, float32. Time: median seconds "
         "(default malloc; up to d_inner x L = 96 x 4096, the median over 5 fresh processes of the median of 9 runs "
         "each, except the loop's backward: 3 runs, 1 process; above that, 1 run); memory: peak RSS increase over "
-        "the inputs, MiB (MALLOC_MMAP_THRESHOLD_=65536 so that freed tensors leave the RSS), in one more process. The loop's backward (an autograd node per step) "
-        "is run up to d_inner x L = 96 x 4096.",
+        "the inputs, MiB (MALLOC_MMAP_THRESHOLD_=65536 so that freed tensors leave the RSS), in one more process. "
+        "The loop's backward (an autograd node per step) is run up to d_inner x L = 96 x 4096.",
         "",
         "| d_inner | L | fwd chunked s | fwd loop s | speed-up | fwd+bwd chunked s | fwd+bwd loop s | "
         "fwd+bwd chunked MiB | fwd+bwd loop MiB |",

@@ -94,7 +94,9 @@ def _enter_chunks(decay: torch.Tensor, local_end: torch.Tensor, h0: torch.Tensor
 
     The chunks are taken in groups of about ``sqrt(K)``: each group's decay and end state from a zero start, for all
     groups at once, then the groups one after another, then the chunks inside all groups at once. That is about
-    ``4 sqrt(K)`` operations instead of ``K``, which for these small states is what the time goes to.
+    ``4 sqrt(K)`` operations instead of ``K``, which for these small states is what the time goes to. It writes in
+    place, so the closed form, which autograd differentiates when backward recomputes a segment, keeps its own
+    differentiable twin (``scan._chain_chunks``).
     ``decay``, ``local_end``: ``(batch, groups, K, ...)``; ``h0`` the same without ``K``. Returns the entering
     states (like ``decay``) and the state after the last chunk.
     """
