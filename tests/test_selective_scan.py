@@ -79,6 +79,24 @@ def test_torch_scan_matches_stepwise_reference(short_chunks, options, groups, dt
         torch.testing.assert_close(grad.double(), expected_grad, rtol=tolerance, atol=tolerance * scale, msg=name)
 
 
+@pytest.mark.parametrize("options", OPTIONALS)
+@pytest.mark.parametrize("groups", [None, 2])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_torch_scan_without_gradients_matches_stepwise_reference(short_chunks, options, groups, dtype, tolerance):
+    """Inference: nothing is recorded for a backward pass, and the skip term and gate are applied in place."""
+    inputs = make_inputs(groups=groups, dtype=dtype)
+    args, kwargs = split_args(inputs, options)
+    ref_args, ref_kwargs = split_args({name: t.double() for name, t in inputs.items()}, options)
+    expected, expected_last = selective_scan_stepwise(*ref_args, **ref_kwargs)
+    originals = [t.clone() for t in args]
+    with torch.no_grad():
+        out, last = selective_scan(*args, **kwargs, return_last_state=True, backend="torch")
+    torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(last.double(), expected_last, rtol=tolerance, atol=tolerance)
+    for original, arg in zip(originals, args):
+        torch.testing.assert_close(arg, original, rtol=0, atol=0)  # inputs untouched
+
+
 def test_gradcheck_float64(monkeypatch):
     monkeypatch.setattr(scan_module, "MAX_CHUNK", 3)
     monkeypatch.setattr(scan_module, "SEGMENT_ELEMENTS", 5 * 2 * 2)

@@ -315,14 +315,16 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         u_, A_, B_, C_ = (t.to(dtype) for t in (u, A, _as_groups(B), _as_groups(C)))
         D_, bias_ = (None if t is None else t.to(dtype)[:, None] for t in (D, delta_bias))
         dt = _time_step(delta.to(dtype), bias_, delta_softplus)  # (b, d_inner, L)
-        plan = _plan(dt, A_)
+        backward_to_come = any(ctx.needs_input_grad)
+        plan = _plan(dt, A_) if backward_to_come or u.device.type != "cpu" else None
         if u.device.type == "cpu":
-            segment = _segment_length(u.shape[0], u.shape[1], A.shape[1])
+            segment = _segment_length(u.shape[0], u.shape[1], A.shape[1]) if backward_to_come else None
             y, segment_states, h = scan_forward(dt, u_, A_, B_, C_, MAX_CHUNK, segment)
         else:
             y, segment_states, h = _closed_form_forward(dt, u_, A_, B_, C_, plan)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, segment_states)
-        ctx.plan = plan
+        if backward_to_come:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, segment_states)
+            ctx.plan = plan
         ctx.delta_softplus = delta_softplus
         out = _finish(y, u_, D_, None if z is None else z.to(dtype))
         return out.to(u.dtype), h.reshape(u.shape[0], u.shape[1], -1).to(u.dtype)
