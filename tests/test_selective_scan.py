@@ -97,6 +97,24 @@ def test_torch_scan_without_gradients_matches_stepwise_reference(short_chunks, o
         torch.testing.assert_close(arg, original, rtol=0, atol=0)  # inputs untouched
 
 
+def test_inference_records_no_states_for_backward(monkeypatch):
+    """Under no_grad, parameters that require gradients (a network's D and delta_bias) record nothing."""
+    recorded = []
+    scan_forward = scan_module.scan_forward
+
+    def spy(*args):
+        recorded.append(args[-1])  # record_every: None when nothing is recorded
+        return scan_forward(*args)
+
+    monkeypatch.setattr(scan_module, "scan_forward", spy)
+    inputs = make_inputs(dtype=torch.float32)
+    parameters = {name: torch.nn.Parameter(inputs.pop(name)) for name in ("D", "delta_bias")}
+    with torch.no_grad():
+        selective_scan(**inputs, **parameters, delta_softplus=True, backend="torch")
+    selective_scan(**inputs, **parameters, delta_softplus=True, backend="torch")
+    assert recorded[0] is None and recorded[1] is not None
+
+
 def test_gradcheck_float64(monkeypatch):
     monkeypatch.setattr(scan_module, "MAX_CHUNK", 3)
     monkeypatch.setattr(scan_module, "SEGMENT_ELEMENTS", 5 * 2 * 2)

@@ -110,7 +110,13 @@ def selective_scan(
         return (out, u.new_empty(u.shape[0], A.shape[0], A.shape[1])) if return_last_state else out
     if resolve_backend(backend, u) == "cuda":
         return _CudaSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    out, last_state = _ChunkedSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    # not ctx.needs_input_grad, which stays True under no_grad for parameters such as a network's D
+    backward_to_come = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias)
+    )
+    out, last_state = _ChunkedSelectiveScan.apply(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, backward_to_come
+    )
     return (out, last_state) if return_last_state else out
 
 
@@ -307,15 +313,15 @@ def _closed_form_forward(dt, u, A, B, C, plan):
 
 
 class _ChunkedSelectiveScan(torch.autograd.Function):
-    """Chunked scan; saves the inputs and one state per segment, and recomputes each segment in backward."""
+    """Chunked scan; saves the inputs and one state per segment, and recomputes each segment in backward.
+    ``backward_to_come`` False (inference) skips the backward plan and the states it needs."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backward_to_come):
         dtype = _compute_dtype(u)
         u_, A_, B_, C_ = (t.to(dtype) for t in (u, A, _as_groups(B), _as_groups(C)))
         D_, bias_ = (None if t is None else t.to(dtype)[:, None] for t in (D, delta_bias))
         dt = _time_step(delta.to(dtype), bias_, delta_softplus)  # (b, d_inner, L)
-        backward_to_come = any(ctx.needs_input_grad)
         plan = _plan(dt, A_) if backward_to_come or u.device.type != "cpu" else None
         if u.device.type == "cpu":
             segment = _segment_length(u.shape[0], u.shape[1], A.shape[1]) if backward_to_come else None
@@ -369,7 +375,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         dA, dD, dbias = (None if g is None else g.reshape(-1, *g.shape[3:]) for g in grad_params)
         originals = (u, delta, A, B, C, D, z, delta_bias)
         grads_in = (du, ddelta, dA, dB, dC, dD, dz, dbias)
-        return (*(None if g is None else g.to(t.dtype) for g, t in zip(grads_in, originals)), None)
+        return (*(None if g is None else g.to(t.dtype) for g, t in zip(grads_in, originals)), None, None)
 
 
 # --------------------------------------------------------------------------------------------------------------
