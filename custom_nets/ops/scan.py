@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .cuda_kernels import selective_scan_kernel
+from .layout import from_time_major, to_time_major
 from .scan_cpu import full_precision_matmul, scan_forward
 
 __all__ = ["BACKEND_ENV", "BACKENDS", "resolve_backend", "selective_scan"]
@@ -158,20 +159,6 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _to_time_major(t: torch.Tensor | None, groups: int, dtype: torch.dtype) -> torch.Tensor | None:
-    """(batch, d_inner, L) -> contiguous (batch, groups, L, d_inner // groups): a chunk is then one memory block."""
-    if t is None:
-        return None
-    batch, d_inner, length = t.shape
-    return t.to(dtype).reshape(batch, groups, d_inner // groups, length).transpose(2, 3).contiguous()
-
-
-def _from_time_major(t: torch.Tensor) -> torch.Tensor:
-    """(batch, groups, L, d_inner // groups) -> (batch, d_inner, L)."""
-    batch, groups, length, per_group = t.shape
-    return t.transpose(2, 3).reshape(batch, groups * per_group, length)
-
-
 def _per_group(t: torch.Tensor | None, groups: int, dtype: torch.dtype) -> torch.Tensor | None:
     """(d_inner, ...) -> (groups, 1, d_inner // groups, ...), broadcastable against time-major tensors."""
     return None if t is None else t.to(dtype).reshape(groups, 1, -1, *t.shape[1:])
@@ -299,8 +286,7 @@ def _closed_form_forward(dt, u, A, B, C, plan):
     ``dt, u`` (b, d_inner, L); ``A`` (d_inner, N); ``B, C`` (b, g, N, L). Returns ``y`` (b, d_inner, L), the state
     entering each segment (segments, b, g, d_inner // g, N) and the last state (b, g, d_inner // g, N)."""
     groups = B.shape[1]
-    dt_, u_ = (_to_time_major(t, groups, dt.dtype) for t in (dt, u))
-    B_, C_ = (t.transpose(2, 3).contiguous() for t in (B, C))  # (b, g, L, N)
+    dt_, u_, B_, C_ = (to_time_major(t, groups) for t in (dt, u, B, C))  # B_, C_: (b, g, L, N)
     A_ = _per_group(A, groups, dt.dtype)
     y = torch.empty_like(u_)
     h = u_.new_zeros(*u_.shape[:2], u_.shape[3], A.shape[1])
@@ -309,7 +295,7 @@ def _closed_form_forward(dt, u, A, B, C, plan):
         segment_states.append(h)
         w = slice(start, end)
         y[:, :, w], h = _scan_segment(dt_[:, :, w], u_[:, :, w], A_, B_[:, :, w], C_[:, :, w], h, chunk)
-    return _from_time_major(y), torch.stack(segment_states), h
+    return from_time_major(y), torch.stack(segment_states), h
 
 
 class _ChunkedSelectiveScan(torch.autograd.Function):
@@ -340,12 +326,12 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias, segment_states = ctx.saved_tensors
         dtype = _compute_dtype(u)
         groups = _as_groups(B).shape[1]
-        sequences = [_to_time_major(t, groups, dtype) for t in (u, delta, z)]
-        sequences += [_as_groups(t).to(dtype).transpose(2, 3).contiguous() for t in (B, C)]
+        sequences = [None if t is None else to_time_major(t.to(dtype), groups) for t in (u, delta, z)]
+        sequences += [to_time_major(_as_groups(t).to(dtype)) for t in (B, C)]
         params = [None if t is None else _per_group(t, groups, dtype).requires_grad_() for t in (A, D, delta_bias)]
         grad_sequences = [None if t is None else torch.empty_like(t) for t in sequences]
         grad_params = [None if t is None else torch.zeros_like(t) for t in params]
-        grad_out = _to_time_major(grad_out, groups, dtype)
+        grad_out = to_time_major(grad_out.to(dtype), groups)
         grad_h = torch.zeros_like(segment_states[0]) if grad_last_state is None else (
             grad_last_state.to(dtype).reshape(segment_states[0].shape)
         )
@@ -370,7 +356,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
                     target += next(grads)
             grad_h = next(grads)
         du, ddelta, dz, dB, dC = grad_sequences
-        du, ddelta, dz = (None if g is None else _from_time_major(g) for g in (du, ddelta, dz))
+        du, ddelta, dz = (None if g is None else from_time_major(g) for g in (du, ddelta, dz))
         dB, dC = (g.transpose(2, 3) if t.dim() == 4 else g.transpose(2, 3).squeeze(1) for g, t in ((dB, B), (dC, C)))
         dA, dD, dbias = (None if g is None else g.reshape(-1, *g.shape[3:]) for g in grad_params)
         originals = (u, delta, A, B, C, D, z, delta_bias)

@@ -21,6 +21,8 @@ import threading
 
 import torch
 
+from .layout import from_time_major, to_time_major
+
 __all__ = ["full_precision_matmul", "scan_forward"]
 
 # State elements of one block (4 MiB in float32), the size of each of the two buffers: each operation then
@@ -49,9 +51,9 @@ def scan_forward(dt, u, A, B, C, chunk: int, record_every: int | None = None):
     groups, d_state = B.shape[1], B.shape[2]
     per_group = d_inner // groups
     chunks = -(-length // chunk)
-    dt_t = _time_major(dt.reshape(batch, groups, per_group, length), chunks * chunk)
-    dtu_t = _time_major(u.reshape(batch, groups, per_group, length), chunks * chunk).mul_(dt_t)
-    B_t, C_t = (_time_major(t, chunks * chunk) for t in (B, C))
+    dt_t = to_time_major(dt, groups, chunks * chunk)
+    dtu_t = to_time_major(u, groups, chunks * chunk).mul_(dt_t)
+    B_t, C_t = (to_time_major(t, padded=chunks * chunk) for t in (B, C))
     dt_t, dtu_t, B_t, C_t = (t.view(batch, groups, chunks, chunk, -1) for t in (dt_t, dtu_t, B_t, C_t))
     # exp(dt A) = exp2(dt A2), A2 (1, g, 1, N, dg); contiguous, since a strided innermost operand makes the
     # largest product of the pass four times slower
@@ -88,7 +90,7 @@ def scan_forward(dt, u, A, B, C, chunk: int, record_every: int | None = None):
             torch.matmul(C_t[:, :, start:end].unsqueeze(4), decay, out=y_block.unsqueeze(4))
         else:
             torch.sum(decay * C_t[:, :, start:end].unsqueeze(5), dim=4, out=y_block)
-        _from_time_major(y_block.flatten(2, 3), y[:, :, :, start * chunk : end * chunk])
+        from_time_major(y_block.flatten(2, 3), y[:, :, :, start * chunk : end * chunk])
     records = torch.cat(recorded, dim=2).movedim(2, 0).transpose(3, 4) if recorded else None
     return y.view(batch, d_inner, length), records, h.transpose(2, 3)
 
@@ -143,30 +145,6 @@ def _workspace(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor
         kept = torch.empty(2, size, dtype=dtype)
         _workspaces.buffers = {**getattr(_workspaces, "buffers", {}), dtype: kept}
     return kept[0, :size].view(shape), kept[1, :size].view(shape)
-
-
-def _time_major(t: torch.Tensor, padded: int) -> torch.Tensor:
-    """``(batch, groups, channels, L)`` -> contiguous ``(batch, groups, padded, channels)``, zeros after ``L``.
-
-    One 2D copy per (batch, group): PyTorch transposes a 2D tensor in cache-sized tiles, and anything of more
-    dimensions element by element, several times slower."""
-    batch, groups, channels, length = t.shape
-    out = t.new_empty(batch, groups, padded, channels)
-    out[:, :, length:] = 0
-    for b in range(batch):
-        for g in range(groups):
-            out[b, g, :length].copy_(t[b, g].t())
-    return out
-
-
-def _from_time_major(t: torch.Tensor, out: torch.Tensor) -> None:
-    """Copy ``t`` ``(batch, groups, steps, channels)`` into ``out`` ``(batch, groups, channels, length)``, a view
-    of length at most ``steps`` (steps past it are padding)."""
-    batch, groups, _, _ = t.shape
-    length = out.shape[3]
-    for b in range(batch):
-        for g in range(groups):
-            out[b, g].copy_(t[b, g, :length].t())
 
 
 def full_precision_matmul(t: torch.Tensor) -> bool:
