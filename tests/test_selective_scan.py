@@ -32,11 +32,12 @@ def make_inputs(batch=2, d_inner=6, d_state=4, length=23, groups=None, dtype=tor
 
 @pytest.fixture
 def short_chunks(monkeypatch):
-    """Segments of 8 steps in chunks of 4, and on CPU forward blocks of 2 chunks: a length of 23 crosses segment,
-    block and chunk edges and pads them."""
+    """Segments of 8 steps in chunks of 4, and on CPU forward blocks of 5 chunks (4 where states are recorded for
+    backward): a length of 23 crosses segment, block and chunk edges and pads them, and blocks of 5 chunks pad the
+    groups that the states entering the chunks are found in."""
     monkeypatch.setattr(scan_module, "MAX_CHUNK", 4)
     monkeypatch.setattr(scan_module, "SEGMENT_ELEMENTS", 10 * 2 * 6 * 4)
-    monkeypatch.setattr(scan_cpu_module, "BLOCK_ELEMENTS", 2 * 6 * 4 * 4 * 3)
+    monkeypatch.setattr(scan_cpu_module, "BLOCK_ELEMENTS", 2 * 6 * 4 * 4 * 5)
 
 
 OPTIONALS = [
@@ -182,8 +183,11 @@ def test_states_entering_chunks_in_groups_match_one_chunk_after_another(chunks):
     for k in range(chunks):
         expected.append(h)
         h = decay[:, :, k] * h + local_end[:, :, k]
-    entering, last = scan_cpu_module._enter_chunks(decay, local_end, expected[0])
-    torch.testing.assert_close(entering, torch.stack(expected, dim=2), rtol=1e-12, atol=1e-12)
+    views = scan_cpu_module._BlockViews((2, 3, chunks, 1, 4, 5), torch.float64)  # groups padded to a whole size
+    views.chunk_decay.copy_(decay)
+    views.local_end.copy_(local_end)
+    last = views.chain(expected[0])
+    torch.testing.assert_close(views.entering, torch.stack(expected, dim=2), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(last, h, rtol=1e-12, atol=1e-12)
 
 

@@ -7,8 +7,8 @@ of them, and a second sweep from those states gives ``h_t`` and ``y_t = <C_t, h_
 
 Compared with the closed form that the backward pass recomputes (``scan._scan_segment``) this multiplies decays step
 by step, so it needs no bound on the decay inside a chunk, and it makes fewer passes over the state elements, all
-into two buffers reused from block to block. Writing into buffers is what makes it fast and what makes it
-non-differentiable: ``scan._ChunkedSelectiveScan`` runs it with gradients off.
+into buffers of a per-thread workspace reused from block to block. Writing into buffers is what makes it fast and
+what makes it non-differentiable: ``scan._ChunkedSelectiveScan`` runs it with gradients off.
 
 Layout: time-major, state elements as ``(batch, groups, chunks, chunk, d_state, d_inner // groups)``, so that the
 innermost dimension of every operation is the long, contiguous channel one.
@@ -25,7 +25,7 @@ from .layout import from_time_major, to_time_major
 
 __all__ = ["full_precision_matmul", "scan_forward"]
 
-# State elements of one block (4 MiB in float32), the size of each of the two buffers: each operation then
+# State elements of one block (4 MiB in float32), the size of its decay and input buffers: each operation then
 # outweighs its dispatch, and a block still fits the last-level cache. Of 2^18 to 2^21, 2^20 was fastest here.
 BLOCK_ELEMENTS = 1 << 20
 LOG2E = 1.0 / math.log(2.0)
@@ -64,25 +64,24 @@ def scan_forward(dt, u, A, B, C, chunk: int, record_every: int | None = None):
     if record_every is not None:
         record_chunks = record_every // chunk
         block = max(record_chunks, block // record_chunks * record_chunks)  # blocks start on recorded chunks
-    decay_buffer, input_buffer = _workspace((batch, groups, block, chunk, d_state, per_group), dt.dtype)
     y = dt.new_empty(batch, groups, per_group, length)
     h = dt.new_zeros(batch, groups, d_state, per_group)
-    recorded = []
+    recorded, views = [], None
     for start in range(0, chunks, block):
         end = min(start + block, chunks)
-        decay, inputs = decay_buffer[:, :, : end - start], input_buffer[:, :, : end - start]
+        if views is None or views.chunks != end - start:  # made for the first block and for a shorter last one
+            views = _BlockViews((batch, groups, end - start, chunk, d_state, per_group), dt.dtype)
+        decay, inputs, decays, step_inputs = views.decay, views.inputs, views.decays, views.step_inputs
         torch.mul(dt_t[:, :, start:end].unsqueeze(4), A2.unsqueeze(2), out=decay).exp2_()
         torch.mul(dtu_t[:, :, start:end].unsqueeze(4), B_t[:, :, start:end].unsqueeze(5), out=inputs)
-        # Views made once: in the loops below, indexing would cost as much as the small operations themselves.
-        decays, step_inputs = decay.unbind(3), inputs.unbind(3)
-        local_end = step_inputs[0].clone()
+        local_end = views.local_end.copy_(step_inputs[0])
         for step in range(1, chunk):
             torch.addcmul(step_inputs[step], decays[step], local_end, out=local_end)
-        chunk_decay = torch.exp2_(dt_t[:, :, start:end].sum(3).unsqueeze(3) * A2)
-        entering, h = _enter_chunks(chunk_decay, local_end, h)
+        torch.mul(dt_t[:, :, start:end].sum(3).unsqueeze(3), A2, out=views.chunk_decay).exp2_()
+        h = views.chain(h)
         if record_every is not None:
-            recorded.append(entering[:, :, ::record_chunks].clone())
-        state = entering
+            recorded.append(views.entering[:, :, ::record_chunks].clone())
+        state = views.entering
         for step in range(chunk):  # h_t, written over the decays it no longer needs
             state = torch.addcmul(step_inputs[step], decays[step], state, out=decays[step])
         y_block = dtu_t[:, :, start:end]  # each block's outputs go over its dt * u, read by then
@@ -95,56 +94,82 @@ def scan_forward(dt, u, A, B, C, chunk: int, record_every: int | None = None):
     return y.view(batch, d_inner, length), records, h.transpose(2, 3)
 
 
-def _enter_chunks(decay: torch.Tensor, local_end: torch.Tensor, h0: torch.Tensor):
-    """States entering each chunk, for ``s_k = decay_k * s_{k-1} + local_end_k`` along dim 2 from ``s_{-1} = h0``.
+class _BlockViews:
+    """The buffers of one block, as views of the per-thread workspace made once for every block of the same size:
+    in the loops over steps and chunks, making a view costs about a third of the small operation on it.
 
-    The chunks are taken in groups of about ``sqrt(K)``: each group's decay and end state from a zero start, for all
-    groups at once, then the groups one after another, then the chunks inside all groups at once. That is about
-    ``4 sqrt(K)`` operations instead of ``K``, which for these small states is what the time goes to. It writes in
-    place, so the closed form, which autograd differentiates when backward recomputes a segment, keeps its own
-    differentiable twin (``scan._chain_chunks``).
-    ``decay``, ``local_end``: ``(batch, groups, K, ...)``; ``h0`` the same without ``K``. Returns the entering
-    states (like ``decay``) and the state after the last chunk.
+    ``shape``: ``(batch, groups, chunks, chunk, d_state, d_inner // groups)``. ``decay`` and ``inputs`` have that
+    shape (``decays`` and ``step_inputs`` are their steps); ``local_end``, ``chunk_decay`` and ``entering`` are
+    per chunk, without ``chunk``; ``chain(h)`` fills ``entering`` from ``chunk_decay`` and ``local_end``.
     """
-    chunks = decay.shape[2]
-    size = max(1, math.isqrt(chunks))
-    padding = -chunks % size
-    if padding:  # chunks that decay by nothing and add nothing
-        shape = (*decay.shape[:2], padding, *decay.shape[3:])
-        decay = torch.cat([decay, decay.new_ones(shape)], dim=2)
-        local_end = torch.cat([local_end, local_end.new_zeros(shape)], dim=2)
-    grouped = (*decay.shape[:2], -1, size, *decay.shape[3:])
-    decays, ends = decay.view(grouped).unbind(3), local_end.view(grouped).unbind(3)
-    group_decay, group_end = decays[0].clone(), ends[0].clone()
-    for decay_j, end_j in zip(decays[1:], ends[1:]):
-        torch.addcmul(end_j, decay_j, group_end, out=group_end)
-        group_decay.mul_(decay_j)
-    entering = torch.empty_like(local_end).view(grouped)
-    group_entering = entering.unbind(3)[0]
-    group_entering[:, :, 0] = h0
-    for group_entering_next, group_decay_i, group_end_i, group_entering_i in zip(
-        group_entering.unbind(2)[1:], group_decay.unbind(2), group_end.unbind(2), group_entering.unbind(2)
-    ):
-        torch.addcmul(group_end_i, group_decay_i, group_entering_i, out=group_entering_next)
-    h = torch.addcmul(group_end[:, :, -1], group_decay[:, :, -1], group_entering[:, :, -1])
-    enterings = entering.unbind(3)
-    for j in range(1, size):
-        torch.addcmul(ends[j - 1], decays[j - 1], enterings[j - 1], out=enterings[j])
-    return entering.view(local_end.shape)[:, :, :chunks], h
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype):
+        batch, groups, chunks, chunk, d_state, per_group = shape
+        size = max(1, math.isqrt(chunks))
+        padded = -(-chunks // size) * size
+        per_chunk_shape = (batch, groups, padded, d_state, per_group)
+        buffers = _workspace([shape, shape] + [per_chunk_shape] * 3, dtype)
+        self.chunks = chunks
+        self.decay, self.inputs = buffers[:2]
+        self.decays, self.step_inputs = self.decay.unbind(3), self.inputs.unbind(3)
+        chunk_decay, local_end, entering = buffers[2:]
+        chunk_decay[:, :, chunks:] = 1  # padding: chunks that decay by nothing and add nothing
+        local_end[:, :, chunks:] = 0
+        self.chunk_decay, self.local_end, self.entering = (t[:, :, :chunks] for t in buffers[2:])
+        self.chain = _ChunkChain(chunk_decay, local_end, entering, size)
+
+
+class _ChunkChain:
+    """The states entering each chunk, for ``s_k = decay_k * s_{k-1} + local_end_k`` along dim 2.
+
+    The chunks are taken in groups of ``size``, about ``sqrt(K)``: each group's decay and end state from a zero start,
+    for all groups at once, then the groups one after another, then the chunks inside all groups at once. That is
+    about ``4 sqrt(K)`` operations instead of ``K``, which for these small states is what the time goes to. It
+    writes in place, so the closed form, which autograd differentiates when backward recomputes a segment, keeps its
+    own differentiable twin (``scan._chain_chunks``).
+
+    ``decay``, ``local_end``, ``entering``: ``(batch, groups, K, ...)`` buffers, ``K`` a multiple of ``size``; calling
+    the chain with ``s_{-1}`` (the same shape without ``K``) writes the entering states into ``entering`` and
+    returns the state after the last chunk.
+    """
+
+    def __init__(self, decay: torch.Tensor, local_end: torch.Tensor, entering: torch.Tensor, size: int):
+        grouped = (*decay.shape[:2], -1, size, *decay.shape[3:])
+        self.decays, self.ends = decay.view(grouped).unbind(3), local_end.view(grouped).unbind(3)
+        self.enterings = entering.view(grouped).unbind(3)
+        self.group_decay, self.group_end = torch.empty_like(self.decays[0]), torch.empty_like(self.ends[0])
+        group_decays, group_ends = self.group_decay.unbind(2), self.group_end.unbind(2)
+        self.group_entering = self.enterings[0].unbind(2)  # the state entering each group
+        self.group_steps = list(zip(group_ends, group_decays, self.group_entering, self.group_entering[1:]))
+        self.last_group = group_ends[-1], group_decays[-1], self.group_entering[-1]
+
+    def __call__(self, h0: torch.Tensor) -> torch.Tensor:
+        self.group_decay.copy_(self.decays[0])
+        self.group_end.copy_(self.ends[0])
+        for decay_j, end_j in zip(self.decays[1:], self.ends[1:]):
+            torch.addcmul(end_j, decay_j, self.group_end, out=self.group_end)
+            self.group_decay.mul_(decay_j)
+        self.group_entering[0].copy_(h0)
+        for end_i, decay_i, entering_i, entering_next in self.group_steps:
+            torch.addcmul(end_i, decay_i, entering_i, out=entering_next)
+        for j in range(1, len(self.enterings)):
+            torch.addcmul(self.ends[j - 1], self.decays[j - 1], self.enterings[j - 1], out=self.enterings[j])
+        return torch.addcmul(*self.last_group)
 
 
 _workspaces = threading.local()
 
 
-def _workspace(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two buffers of ``shape``, kept per thread and grown as needed. Fresh memory of this size costs a page fault
-    per 4 KiB on first touch, which took a quarter of the forward time when the buffers were allocated per call."""
-    size = math.prod(shape)
+def _workspace(shapes: list[tuple[int, ...]], dtype: torch.dtype) -> list[torch.Tensor]:
+    """Buffers of ``shapes``, carved from one kept per thread and grown as needed. Fresh memory of this size costs a
+    page fault per 4 KiB on first touch, which took a quarter of the forward time when the buffers were allocated
+    per call."""
+    sizes = [math.prod(shape) for shape in shapes]
     kept = getattr(_workspaces, "buffers", {}).get(dtype)
-    if kept is None or kept.shape[1] < size:
-        kept = torch.empty(2, size, dtype=dtype)
+    if kept is None or kept.numel() < sum(sizes):
+        kept = torch.empty(sum(sizes), dtype=dtype)
         _workspaces.buffers = {**getattr(_workspaces, "buffers", {}), dtype: kept}
-    return kept[0, :size].view(shape), kept[1, :size].view(shape)
+    return [piece.view(shape) for piece, shape in zip(kept[: sum(sizes)].split(sizes), shapes)]
 
 
 def full_precision_matmul(t: torch.Tensor) -> bool:
