@@ -62,11 +62,13 @@ def _scan_function(impl: str):
     return lambda **kw: selective_scan_stepwise(**kw, delta_softplus=True)[0]
 
 
-def case(impl: str, d_inner: int, length: int, mode: str, measure: str = "time", repeats: int = 3) -> None:
+def case(
+    impl: str, d_inner: int, length: int, mode: str, measure: str = "time", repeats: int = 3, warmups: int = 1
+) -> None:
     """Measure one case in this process and print it as JSON.
 
-    ``mode``: ``forward`` or ``forward_backward``; ``measure``: ``time`` (median of ``repeats`` after a warm-up) or
-    ``memory`` (peak RSS increase of one step; run with ``MALLOC_MMAP_THRESHOLD_=65536``).
+    ``mode``: ``forward`` or ``forward_backward``; ``measure``: ``time`` (median of ``repeats`` after ``warmups``
+    untimed runs) or ``memory`` (peak RSS increase of one step; run with ``MALLOC_MMAP_THRESHOLD_=65536``).
     """
     scan = _scan_function(impl)
     backward = mode == "forward_backward"
@@ -87,24 +89,25 @@ def case(impl: str, d_inner: int, length: int, mode: str, measure: str = "time",
         step()
         record.update(peak_bytes=meter.stop(), memory_measure=meter.measure)
     else:
-        step()  # warm-up
+        for _ in range(warmups):
+            step()
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
-        record.update(seconds=statistics.median(times), repeats=repeats)
+        record.update(seconds=statistics.median(times), repeats=repeats, warmups=warmups)
     print(json.dumps(record))
 
 
-def _run_case(impl: str, d_inner: int, length: int, mode: str, repeats: int, processes: int) -> dict:
+def _run_case(impl: str, d_inner: int, length: int, mode: str, repeats: int, warmups: int, processes: int) -> dict:
     """Time in ``processes`` fresh processes (default malloc; the median of their medians, since one process can
     run 40% slower than the next throughout), memory in another (freed memory returned to the OS)."""
     record, process_seconds = {}, []
     runs = [("time", {})] * processes + [("memory", {"MALLOC_MMAP_THRESHOLD_": "65536"})]
     for measure, extra_env in runs:
         command = [sys.executable, "-m", "benchmarks.scan", "case", impl, str(d_inner), str(length), mode,
-                   f"--measure={measure}", f"--repeats={repeats}"]
+                   f"--measure={measure}", f"--repeats={repeats}", f"--warmups={warmups}"]
         done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, **extra_env), capture_output=True, text=True)
         if done.returncode:
             return dict(impl=impl, d_inner=d_inner, length=length, mode=mode,
@@ -127,8 +130,10 @@ def run(out: str = "benchmarks/results/scan_cpu") -> None:
                     impls.append("stepwise")
                 for impl in impls:
                     slow = impl == "stepwise" and mode == "forward_backward"  # 17-26 s a run at 96 x 4096
-                    repeats, processes = (9, 5) if small and not slow else (3, 1) if small else (1, 1)
-                    record = _run_case(impl, d_inner, length, mode, repeats, processes)
+                    # small cases: steady state, as in a network that calls the scan hundreds of times a step
+                    # (the first few calls of a process are up to 30% slower while malloc adapts)
+                    repeats, warmups, processes = (9, 5, 5) if small and not slow else (3, 1, 1) if small else (1, 1, 1)
+                    record = _run_case(impl, d_inner, length, mode, repeats, warmups, processes)
                     print(json.dumps(record), flush=True)
                     records.append(record)
     stamp = dict(
@@ -171,7 +176,8 @@ def _markdown(stamp: dict, records: list[dict]) -> str:
         f"{stamp['date']}, {stamp['processor']}, {stamp['cpus']} CPUs, {stamp['torch_threads']} torch threads, "
         f"Python {stamp['python']}, torch {stamp['torch']}. Batch 1, d_state 16, float32. Time: median seconds "
         "(default malloc; up to d_inner x L = 96 x 4096, the median over 5 fresh processes of the median of 9 runs "
-        "each, except the loop's backward: 3 runs, 1 process; above that, 1 run); memory: peak RSS increase over "
+        "after 5 warm-up runs each, except the loop's backward: 3 runs after 1, 1 process; above that, 1 run after "
+        "1); memory: peak RSS increase over "
         "the inputs, MiB (MALLOC_MMAP_THRESHOLD_=65536 so that freed tensors leave the RSS), in one more process. "
         "The loop's backward (an autograd node per step) is run up to d_inner x L = 96 x 4096.",
         "",

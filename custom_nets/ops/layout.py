@@ -30,12 +30,14 @@ def to_time_major(t: torch.Tensor, groups: int = 1, padded: int | None = None) -
 def from_time_major(t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``(batch, groups, steps, channels)`` -> ``(batch, groups * channels, steps)``.
 
-    With ``out``, a ``(batch, groups, channels, L)`` view with ``L <= steps``, the first ``L`` steps are written into
-    it instead (the rest are padding) and ``out`` is returned as it is."""
+    Without ``out``, a view where one exists (``groups`` 1): strided, but no second copy of a tensor that may be as
+    large as the backward pass's gradients. With ``out``, a ``(batch, groups, channels, L)`` view with
+    ``L <= steps``, the first ``L`` steps are copied into it (the rest are padding) and ``out`` is returned."""
     batch, groups, steps, channels = t.shape
-    result = t.new_empty(batch, groups, channels, steps) if out is None else out
-    length = result.shape[3]
+    if out is None:
+        return t.transpose(2, 3).reshape(batch, groups * channels, steps)
+    length = out.shape[3]
     for b in range(batch):
         for g in range(groups):
-            result[b, g].copy_(t[b, g, :length].t())
-    return result.view(batch, groups * channels, steps) if out is None else result
+            out[b, g].copy_(t[b, g, :length].t())
+    return out
