@@ -2,8 +2,8 @@
 and time-major ``(batch, groups, L, channels // groups)``, in which the torch scan works, so that a run of steps is
 one contiguous block and the innermost dimension of every operation is the long channel one.
 
-Each conversion copies one ``(batch, group)`` matrix at a time: PyTorch transposes a 2D tensor in cache-sized tiles,
-and a tensor of more dimensions element by element, several times slower.
+Where a conversion copies, it copies one ``(batch, group)`` matrix at a time: PyTorch transposes a 2D tensor in
+cache-sized tiles, and a tensor of more dimensions element by element, several times slower.
 """
 
 from __future__ import annotations
