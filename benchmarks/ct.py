@@ -9,8 +9,8 @@ import torch
 
 __all__ = ["DEFAULT_CT", "load_ct"]
 
-# The shipped abdominal CT (3 mm isotropic, 122 x 101 x 112, HU), in the shared data beside the repository.
-DEFAULT_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "01_totalseg_ct_abdomen" / "example_ct.nii.gz"
+# The shipped abdominal CT (3 mm isotropic, 122 x 101 x 112, HU), in the repository's data/.
+DEFAULT_CT = Path(__file__).resolve().parents[1] / "data" / "totalseg_ct_abdomen" / "example_ct.nii.gz"
 
 
 def load_ct(

@@ -6,7 +6,7 @@ import pytest
 from custom_nets.ops.cuda_kernels import cuda_scan_available
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT / "data"  # the sample cases shipped with the project (data/README.md)
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ssm_reference.py
 
 needs_cuda_kernel = pytest.mark.skipif(

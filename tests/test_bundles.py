@@ -23,7 +23,7 @@ from custom_nets import SegResMamba
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
-SCHEMA = ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+SCHEMA = ROOT / "data" / "schemas" / "meta_schema_20240725.json"
 NAMES = ("spleen_ct_segresmamba", "brats21_mri_segresmamba", "btcv_ct_segresmamba")
 CHANNELS = {"spleen_ct_segresmamba": (1, 2), "brats21_mri_segresmamba": (4, 3), "btcv_ct_segresmamba": (1, 14)}
 # Tiny runs: the smallest network, one training patch per case, one sliding window per volume (the network pads

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import DATA
 from custom_nets.io import (
     ImageHeader,
     InputError,
@@ -21,10 +22,9 @@ from custom_nets.io import (
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type")  # ITK's SWIG types, on import
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CT = DATA / "01_totalseg_ct_abdomen" / "example_ct_sm.nii.gz"
-DICOM = DATA / "02_totalseg_ct_dicom" / "dicom"
-NRRD = DATA / "05_pyradiomics_brain_tumor" / "brain2_image.nrrd"
+CT = DATA / "totalseg_ct_abdomen" / "example_ct_sm.nii.gz"
+DICOM = DATA / "totalseg_ct_dicom" / "dicom"
+NRRD = DATA / "pyradiomics_brain_tumor" / "brain2_image.nrrd"
 
 
 def files_in(folder: Path) -> list[str]:

@@ -8,7 +8,7 @@ import pytest
 import requests
 from scipy.ndimage import affine_transform
 
-from conftest import SHARED_DATA
+from conftest import DATA
 from label_server import LabelServer, small_bundles
 from orthanc import OrthancServer, dicomweb_plugin, get_json, orthanc_binary, store_series
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 pytest.importorskip("monailabel")
 from monailabel.client import MONAILabelClient  # noqa: E402
 
-CASE = SHARED_DATA / "02_totalseg_ct_dicom"
+CASE = DATA / "totalseg_ct_dicom"
 MODEL = "spleen_ct_segresmamba"
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from pydicom.filereader import read_file_meta_info
 
+from conftest import DATA
 from orthanc import OrthancServer, dicomweb_plugin, get_json, orthanc_binary, store_series
 
 pytestmark = pytest.mark.skipif(
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs Orthanc and its DICOMweb plugin (Debian packages orthanc, orthanc-dicomweb): run .ci/install-orthanc",
 )
 
-DICOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "02_totalseg_ct_dicom" / "dicom"
+DICOM = DATA / "totalseg_ct_dicom" / "dicom"
 
 STUDY_UID, SERIES_UID, SOP_INSTANCE_UID = "0020000D", "0020000E", "00080018"
 

@@ -22,17 +22,17 @@ import pydicom
 import pytest
 import torch
 
+from conftest import DATA
 from custom_nets.cli import predict, predict_command
 from custom_nets.io import InputError
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type")  # ITK's SWIG types, on import
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-CT = DATA / "01_totalseg_ct_abdomen" / "example_ct_sm.nii.gz"
-DICOM = DATA / "02_totalseg_ct_dicom" / "dicom"
-DICOM_LABELS = DATA / "02_totalseg_ct_dicom" / "example_seg_dicom_total_v2.nii.gz"  # array axes not in DICOM order
-NRRD = DATA / "05_pyradiomics_brain_tumor" / "brain2_image.nrrd"
+CT = DATA / "totalseg_ct_abdomen" / "example_ct_sm.nii.gz"
+DICOM = DATA / "totalseg_ct_dicom" / "dicom"
+DICOM_LABELS = DATA / "totalseg_ct_dicom" / "example_seg_dicom_total_v2.nii.gz"  # array axes not in DICOM order
+NRRD = DATA / "pyradiomics_brain_tumor" / "brain2_image.nrrd"
 SPLEEN = 1  # label value in TotalSegmentator's label map
 # The spleen bundle scales HU [-57, 164] to [0, 1]; its threshold network marks x > 0.5, i.e. HU > 53.5.
 SPLEEN_THRESHOLD = 53.5
