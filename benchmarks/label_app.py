@@ -29,7 +29,7 @@ def run(model: str = "spleen_ct_segresmamba", out: str | None = None, repeats: i
     sys.path.insert(0, str(ROOT / "tests"))
     sys.path.insert(0, str(ROOT / "apps" / "segresmamba"))
     from label_server import LabelServer
-    from lib.bundles import find_bundles
+    from custom_nets.bundle import find_bundles
     from monailabel.client import MONAILabelClient
 
     with tempfile.TemporaryDirectory() as folder:
