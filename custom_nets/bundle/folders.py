@@ -38,7 +38,7 @@ def _installed_folder(name: str) -> Path | None:
         parts = file.parts
         for i in range(len(parts) - len(marker)):
             if parts[i : i + len(marker)] == marker:
-                located = Path(file.locate_file(file)).resolve()
+                located = Path(file.locate()).resolve()
                 folder = located.parents[len(parts) - i - len(marker) - 1]
                 if folder.is_dir():
                     return folder
