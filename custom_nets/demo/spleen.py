@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from ..bundle import Bundle, find_bundle
+from ..io.atomic import atomic_output
 from . import sample_case
 
 __all__ = ["run_demo"]
@@ -32,10 +33,12 @@ def _prepare_dataset(folder: Path, image_file: Path, label_file: Path) -> Path:
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
     image = folder / "imagesTr" / f"{CASE}.nii.gz"
-    shutil.copyfile(image_file, image)
+    with atomic_output(image, suffix=".nii.gz") as temporary:
+        shutil.copyfile(image_file, temporary)
     labels = nib.load(str(label_file))
     spleen = (np.rint(np.asarray(labels.dataobj)) == SPLEEN).astype(np.uint8)
-    nib.save(nib.Nifti1Image(spleen, labels.affine), str(folder / "labelsTr" / f"{CASE}.nii.gz"))
+    with atomic_output(folder / "labelsTr" / f"{CASE}.nii.gz", suffix=".nii.gz") as temporary:
+        nib.save(nib.Nifti1Image(spleen, labels.affine), str(temporary))
     entry = {"image": f"./imagesTr/{CASE}.nii.gz", "label": f"./labelsTr/{CASE}.nii.gz"}
     description = {
         "name": "Spleen (demo: one TotalSegmentator case)",
@@ -46,7 +49,8 @@ def _prepare_dataset(folder: Path, image_file: Path, label_file: Path) -> Path:
         "training": [entry],
         "test": [entry["image"]],
     }
-    (folder / "dataset.json").write_text(json.dumps(description, indent=1))
+    with atomic_output(folder / "dataset.json") as temporary:
+        temporary.write_text(json.dumps(description, indent=1))
     return folder
 
 
@@ -102,7 +106,8 @@ def _overlay_png(image_path: Path, mask_path: Path, label_path: Path, png: Path,
         axis.axis("off")
     figure.suptitle("SegResMamba (red) vs TotalSegmentator spleen (green outline)")
     figure.tight_layout()
-    figure.savefig(png, dpi=80)
+    with atomic_output(png, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=80)
     plt.close(figure)
 
 
@@ -175,7 +180,8 @@ def run_demo(
         "evaluate_metrics": {k: float(v) for k, v in metric.items()},
         "seconds": time.perf_counter() - start,
     }
-    (output / "summary.json").write_text(json.dumps(result, indent=1))
+    with atomic_output(output / "summary.json") as temporary:
+        temporary.write_text(json.dumps(result, indent=1))
     print(
         "\nDone in {seconds:.0f} s.\n  mask:        {mask}\n  overlay PNG: {overlay}\n  weights:     {checkpoint_dir}\n"
         "  Dice of the mask vs TotalSegmentator's spleen (agreement on the training case, not accuracy): "
