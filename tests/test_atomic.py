@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from custom_nets.io import atomic_output
+from custom_nets.io import atomic, atomic_output
 
 
 def hidden(folder):
@@ -81,10 +81,13 @@ def test_a_killed_writer_leaves_a_temporary_that_the_next_write_removes(tmp_path
     target = tmp_path / "mask.nii.gz"
     target.write_text("saved before")
     (tmp_path / ".mask.nii.gz.notes").write_text("not ours")  # look-alike names of other files stay
+    # the module loaded from its file: importing the package would import MONAI first (15 s)
     writer = textwrap.dedent(f"""
-        import sys, time
-        from custom_nets.io import atomic_output
-        with atomic_output({str(target)!r}, suffix=".nii.gz") as temporary:
+        import importlib.util, time
+        spec = importlib.util.spec_from_file_location("atomic", {str(atomic.__file__)!r})
+        atomic = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(atomic)
+        with atomic.atomic_output({str(target)!r}, suffix=".nii.gz") as temporary:
             with open(temporary, "wb") as stream:
                 stream.write(b"half")
                 stream.flush()

@@ -145,6 +145,7 @@ def test_plan_covers_the_issue():
     }
 
 
+@pytest.mark.slow
 def test_run_writes_results(tmp_path):
     """One real CPU case through the subprocess runner, then the JSON, markdown and plot writers."""
     from benchmarks.networks import run

@@ -99,11 +99,38 @@ def test_a_bundle_is_read_from_its_own_metadata(tmp_path):
         find_bundle(broken)
 
 
+def test_demo_options_are_parsed_before_they_become_config_overrides(tmp_path):
+    from custom_nets.__main__ import demo
+
+    for options, message in [
+        (dict(epochs="$__import__('os').remove('x')"), "--epochs must be a positive int, not \"\\$__import__"),
+        (dict(epochs=0), "--epochs must be positive, not 0"),
+        (dict(patch=1.5), "--patch must be a positive int, not 1.5"),
+        (dict(crops_per_epoch=True), "--crops_per_epoch must be a positive int"),
+        (dict(spacing="6"), "--spacing must be a positive float"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            demo(output_dir=str(tmp_path / "demo"), **options)
+    assert not (tmp_path / "demo").exists()
+
+
 # ---------------------------------------------------------------------------------------------- pip install .
 
 SMALL_CT = DATA / "totalseg_ct_abdomen" / "example_ct_sm.nii.gz"
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "outputs", "*.egg-info", "__pycache__",
                                     ".pytest_cache", "models", "eval")  # fmt: skip
+
+
+def can_build_here() -> bool:
+    """Whether this environment builds the wheel itself: setuptools with its own bdist_wheel (70.1+) or with the
+    wheel package (a fresh venv of Python 3.11 has setuptools 65 without it; pip then builds in isolation, from
+    the package index)."""
+    import importlib.util
+
+    import setuptools
+
+    version = tuple(int(part) for part in setuptools.__version__.split(".")[:2] if part.isdigit())
+    return version >= (70, 1) or importlib.util.find_spec("wheel") is not None
 
 
 def free_port() -> int:
@@ -121,8 +148,9 @@ def installed(tmp_path_factory) -> dict:
     source, wheels, venv = work / "source", work / "wheels", work / "venv"
     shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
     run = dict(check=True, capture_output=True, text=True, timeout=600)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(source)], **run)  # fmt: skip
+    isolation = ["--no-build-isolation"] if can_build_here() else []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(wheels), str(source)],
+                   **run)  # fmt: skip
     (wheel,) = wheels.glob("segresmamba-*.whl")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], **run)
     python = venv / "bin" / "python"
