@@ -7,6 +7,7 @@ A bundle folder holds ``configs/metadata.json``, ``configs/<name>.json`` (or ``.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,7 +17,7 @@ from typing import Any
 from ..io import InputError
 from .folders import bundles_folder
 
-__all__ = ["WEIGHTS", "Bundle", "bundle_search_dirs", "find_bundle", "find_bundles"]
+__all__ = ["WEIGHTS", "Bundle", "bundle_search_dirs", "checked_overrides", "find_bundle", "find_bundles"]
 
 WEIGHTS = Path("models") / "model.pt"
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
@@ -117,16 +118,13 @@ class Bundle:
                 return candidate
         raise InputError(f"bundle {self.path} has no configs/{config}.json: not a MONAI bundle with a {config} config")
 
-    def parser(self, config: str, overrides: dict[str, Any] | None = None):
-        """A ``monai.bundle.ConfigParser`` of ``configs/<config>.json`` with ``bundle_root`` set to this folder,
-        then ``overrides`` (config id -> value, already parsed into their types) applied."""
+    def parser(self, config: str):
+        """A ``monai.bundle.ConfigParser`` of ``configs/<config>.json`` with ``bundle_root`` set to this folder."""
         from monai.bundle import ConfigParser
 
         parser = ConfigParser()
         parser.read_config(str(self.config_file(config)))
         parser["bundle_root"] = str(self.path)
-        for key, value in (overrides or {}).items():
-            parser[key] = value
         return parser
 
     def check_weights(self) -> Path:
@@ -145,6 +143,59 @@ class Bundle:
             else "copy a trained state dict there"
         )
         raise InputError(f"bundle {self.name} has no trained weights ({self.weights} is missing): {help_text}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _checked_value(name: str, current: Any, value: Any) -> Any:
+    """``value`` if it has the kind of ``current``: a bool, a finite non-negative number (an integer where
+    ``current`` is one), or a list of as many such numbers."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise InputError(f"setting {name} takes true or false, not {value!r}")
+    if _is_number(current):
+        if not _is_number(value) or not math.isfinite(value) or value < 0:
+            raise InputError(f"setting {name} takes a finite number >= 0, not {value!r}")
+        if isinstance(current, int) and value != int(value):
+            raise InputError(f"setting {name} takes a whole number, not {value!r}")
+        return int(value) if isinstance(current, int) else float(value)
+    if not isinstance(value, (list, tuple)) or len(value) != len(current):
+        raise InputError(f"setting {name} takes a list of {len(current)} numbers like {current}, not {value!r}")
+    return [_checked_value(name, c, v) for c, v in zip(current, value)]
+
+
+def _plain_setting(value: Any) -> bool:
+    return isinstance(value, bool) or _is_number(value) or (
+        isinstance(value, list) and len(value) > 0 and all(_is_number(v) for v in value)
+    )
+
+
+def checked_overrides(parser, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides from a user, checked before they reach the config: MONAI evaluates config strings (``$`` runs
+    Python, ``@`` and ``%`` refer to other entries), so only the plain settings at the top of the config (numbers,
+    true/false, lists of numbers: ``feature_size``, ``patch_size``, ``pixdim``, ``sw_batch_size``, ...) can be
+    set, each to a value of its own kind.
+
+    Args:
+        parser: the parsed config (``Bundle.parser``).
+        overrides: setting name -> value, as the command line parsed it.
+
+    Raises:
+        InputError: an unknown setting, one that is not plain, or a value of another kind or out of range.
+    """
+    settings = {key: value for key, value in parser.config.items() if _plain_setting(value)}
+    checked = {}
+    for name, value in overrides.items():
+        if name not in settings:
+            raise InputError(
+                f"unknown setting {name!r} for this bundle's config: settings that can be set are "
+                f"{', '.join(sorted(settings))}"
+            )
+        checked[name] = _checked_value(name, settings[name], value)
+    return checked
 
 
 def bundle_search_dirs() -> list[Path]:

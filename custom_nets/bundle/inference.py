@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import InputError
-from .bundle import Bundle
+from .bundle import Bundle, checked_overrides
 
 __all__ = ["InferencePipeline", "resolve_device"]
 
@@ -55,7 +55,8 @@ class InferencePipeline:
     Args:
         bundle: the bundle (see ``find_bundle``); it must have weights.
         device: where the network runs.
-        overrides: config values to replace, by MONAI config id (e.g. ``{"inferer#sw_batch_size": 2}``).
+        overrides: plain settings of the config to replace (e.g. ``{"sw_batch_size": 2}``; see
+            ``checked_overrides``).
     """
 
     def __init__(self, bundle: Bundle, device, overrides: dict[str, Any] | None = None) -> None:
@@ -68,7 +69,7 @@ class InferencePipeline:
         parser = bundle.parser("inference")
         if "device" in parser:
             parser["device"] = device
-        for key, value in (overrides or {}).items():
+        for key, value in checked_overrides(parser, overrides or {}).items():
             parser[key] = value
         # LoadImage registers MONAI's GPU DICOM reader, which warns twice where nvImageCodec is not installed
         logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)

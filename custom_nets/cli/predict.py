@@ -49,7 +49,8 @@ def predict(
         output_format: ``"nifti"`` (the mask on the input image's grid) or ``"dicom_seg"`` (a DICOM SEG referencing
             the source series; DICOM inputs only).
         progress: show a progress bar (on stderr).
-        overrides: bundle config values to replace, by id, e.g. ``--inferer#sw_batch_size 8``.
+        overrides: plain settings of the bundle's inference config to replace, e.g. ``--sw_batch_size 8``
+            (numbers, true/false, lists of numbers, each of its setting's kind; see ``checked_overrides``).
 
     Returns:
         the mask files written, in input order.
