@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install
+.PHONY: demo test test-quick install
 
 install: $(STAMP)
 
@@ -20,3 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# everything but the tests marked slow (setup.cfg [tool:pytest] markers)
+test-quick: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not slow"

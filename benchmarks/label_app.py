@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import environment
+from benchmarks.report import environment, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 CT = ROOT / "data" / "totalseg_ct_abdomen" / "example_ct.nii.gz"
@@ -29,7 +29,7 @@ def run(model: str = "spleen_ct_segresmamba", out: str | None = None, repeats: i
     sys.path.insert(0, str(ROOT / "tests"))
     sys.path.insert(0, str(ROOT / "apps" / "segresmamba"))
     from label_server import LabelServer
-    from lib.bundles import find_bundles
+    from custom_nets.bundle import find_bundles
     from monailabel.client import MONAILabelClient
 
     with tempfile.TemporaryDirectory() as folder:
@@ -59,7 +59,7 @@ def run(model: str = "spleen_ct_segresmamba", out: str | None = None, repeats: i
                "start_to_info_s": round(start_s, 2), "infer": timings}
     out_dir = Path(out) if out else ROOT / "benchmarks" / "results" / "label_app"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    write_atomic(out_dir / "results.json", json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if k != "environment"}, indent=2))
     return results
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from custom_nets.io.atomic import atomic_output
+
 __all__ = ["plot_memory_vs_parameters"]
 
 GIB = 2**30
@@ -49,6 +51,7 @@ def plot_memory_vs_parameters(results: dict, path: str | Path) -> bool:
         f"{environment.get('date', '')[:10]})", fontsize=9,
     )
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    with atomic_output(path, suffix=Path(path).suffix) as temporary:
+        figure.savefig(temporary, dpi=110)
     plt.close(figure)
     return True

@@ -7,13 +7,14 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-__all__ = ["GIB", "environment", "load_results", "render_markdown", "write_results"]
+from custom_nets.io.atomic import atomic_output
+
+__all__ = ["GIB", "environment", "load_results", "render_markdown", "write_atomic", "write_results"]
 
 GIB = 2**30
 PAPER_BTCV_SEGRESMAMBA_BYTES = 5.10e9  # the paper's 5.10 GB, read as 10^9 bytes (the stricter reading)
@@ -107,15 +108,10 @@ def environment(device: str) -> dict:
     return stamp
 
 
-def _write_atomic(path: Path, text: str | bytes) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(text.encode() if isinstance(text, str) else text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_atomic(path: str | Path, text: str | bytes) -> None:
+    """Write ``text`` to ``path`` whole or not at all (``custom_nets.io.atomic_output``): every benchmark result."""
+    with atomic_output(path) as temporary:
+        temporary.write_bytes(text.encode() if isinstance(text, str) else text)
 
 
 def load_results(path: str | Path) -> dict:
@@ -136,8 +132,8 @@ def write_results(out_dir: str | Path, results: dict, plot: bool = True) -> list
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "results.json", out_dir / "results.md"]
-    _write_atomic(written[0], json.dumps(results, indent=2) + "\n")
-    _write_atomic(written[1], render_markdown(results))
+    write_atomic(written[0], json.dumps(results, indent=2) + "\n")
+    write_atomic(written[1], render_markdown(results))
     if plot:
         from .plot import plot_memory_vs_parameters
 

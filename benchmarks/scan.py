@@ -26,6 +26,7 @@ import fire
 import torch
 
 from .memory import CpuPeakMeter
+from .report import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 D_INNER = (96, 192, 384, 768)
@@ -147,8 +148,8 @@ def run(out: str = "benchmarks/results/scan_cpu") -> None:
     )
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "scan_cpu.json").write_text(json.dumps(dict(stamp=stamp, records=records), indent=1) + "\n")
-    (folder / "scan_cpu.md").write_text(_markdown(stamp, records))
+    write_atomic(folder / "scan_cpu.json", json.dumps(dict(stamp=stamp, records=records), indent=1) + "\n")
+    write_atomic(folder / "scan_cpu.md", _markdown(stamp, records))
     print(_markdown(stamp, records))
 
 

@@ -30,17 +30,38 @@ def overfit(steps: int = 150, crop: int = 64, feature_size: int = 8) -> None:
     )
 
 
-def demo(output_dir: str = "outputs/demo", epochs: int = 80) -> None:
-    """Train the spleen bundle on the shipped CT, evaluate it, segment the CT, write the mask, Dice and a PNG."""
+def _positive(name: str, value, kind=int):
+    """``value`` as a positive ``kind``: command line values become bundle config overrides, so they are parsed
+    into their type and range first (a string would be evaluated by the config parser)."""
+    from .io import InputError
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or kind is int and value != int(value):
+        raise InputError(f"--{name} must be a positive {kind.__name__}, not {value!r}")
+    if value <= 0:
+        raise InputError(f"--{name} must be positive, not {value}")
+    return kind(value)
+
+
+def demo(
+    output_dir: str = "outputs/demo", epochs: int = 80, crops_per_epoch: int = 2, patch: int = 64, spacing: float = 3.0
+) -> None:
+    """Train the spleen bundle on the shipped CT, evaluate it, segment the CT, write the mask, Dice and a PNG under
+    ``output_dir`` (below the current folder unless absolute). ``--epochs 1 --spacing 6`` is a quick check."""
     from .demo.spleen import run_demo
 
-    run_demo(output_dir=output_dir, epochs=epochs)
+    run_demo(
+        output_dir=str(output_dir),
+        epochs=_positive("epochs", epochs),
+        crops_per_epoch=_positive("crops_per_epoch", crops_per_epoch),
+        patch=_positive("patch", patch),
+        spacing=_positive("spacing", spacing, float),
+    )
 
 
 def main() -> None:
-    from .cli import predict_command
+    from .cli import predict_command, user_errors_as_exit
 
-    fire.Fire({"summary": summary, "overfit": overfit, "demo": demo, "predict": predict_command})
+    fire.Fire({"summary": summary, "overfit": overfit, "demo": user_errors_as_exit(demo), "predict": predict_command})
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def test_monailabel_starts_with_the_pinned_pydicom():
 @pytest.fixture(scope="module")
 def infer_task(tmp_path_factory):
     sys.path.insert(0, str(APP))
-    from lib.bundles import find_bundles
+    from custom_nets.bundle import find_bundles
     from lib.infers import BundleSegmentation
 
     return BundleSegmentation(find_bundles(small_bundles(tmp_path_factory.mktemp("bundles")))["spleen_ct_segresmamba"])

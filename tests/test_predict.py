@@ -304,6 +304,23 @@ def test_bad_bundles_and_options_are_refused(spleen_threshold_bundle, tmp_path):
     assert files_in(output) == []
 
 
+def test_config_overrides_are_checked_before_they_reach_the_config(spleen_threshold_bundle, tmp_path):
+    """MONAI evaluates config strings: a value from the command line is parsed into its setting's kind first."""
+    planted = tmp_path / "planted"
+    cases = [
+        ({"sw_batch_size": f"$open({str(planted)!r}, 'w')"}, "setting sw_batch_size takes a finite number >= 0"),
+        ({"network_def#_target_": "os.system"}, "unknown setting 'network_def#_target_'.* feature_size"),
+        ({"amp": True}, "unknown setting 'amp'"),  # an expression in the config, not a plain setting
+        ({"pixdim": [1, 2]}, r"setting pixdim takes a list of 3 numbers like \[1.5, 1.5, 2.0\]"),
+        ({"feature_size": 1.5}, "setting feature_size takes a whole number, not 1.5"),
+        ({"sw_overlap": -1}, "takes a finite number >= 0, not -1"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(InputError, match=message):
+            predict(str(spleen_threshold_bundle), str(CT), str(tmp_path / "out"), progress=False, **overrides)
+    assert not planted.exists() and not (tmp_path / "out").exists()
+
+
 def test_wrong_channel_count_for_the_bundle(tmp_path):
     network_def, state = threshold_net([[1, 0, 0, 0]] * 3, [0.0] * 3)
     bundle = bundle_copy("brats21_mri_segresmamba", tmp_path / "brats", network_def, state)

@@ -5,7 +5,8 @@
 
 Per bundle: an infer task (the bundle's inference.json), a train task (its train.json on the saved labels), Dice
 scoring against the saved labels, TTA-uncertainty scoring and an active-learning strategy built on it. Nothing is
-downloaded: bundles come from this repository's ``bundles/`` (or ``--conf bundles``), no Model Zoo, no SAM2.
+downloaded: bundles come from the project's bundles folder (``custom_nets.bundle.bundles_folder()``: the checkout's
+``bundles/`` or the installed package's; or ``--conf bundles``), no Model Zoo, no SAM2.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 import custom_nets
+from custom_nets.bundle import bundles_folder, find_bundles
 from lib.activelearning import MostUncertain
-from lib.bundles import find_bundles
 from lib.datastore import CheckedDICOMWebDatastore, CheckedLocalDatastore, checked_id
 from lib.infers import BundleSegmentation
 from lib.scoring import ModelDice, TTAUncertainty
@@ -29,15 +30,15 @@ from lib.trainers import BundleFineTune
 
 logger = logging.getLogger(__name__)
 
-REPOSITORY_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+DEFAULT_BUNDLES = bundles_folder()  # $SEGRESMAMBA_BUNDLES, the checkout's bundles/ or the installed ones
 
 
 class SegResMambaApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
         names = [name.strip() for name in conf["models"].split(",") if name.strip()] if conf.get("models") else None
-        self.bundles = find_bundles(conf.get("bundles", REPOSITORY_BUNDLES), names)
+        self.bundles = find_bundles(conf.get("bundles", DEFAULT_BUNDLES), names)
         if not self.bundles:
-            raise ValueError(f"no bundles found in {conf.get('bundles', REPOSITORY_BUNDLES)}")
+            raise ValueError(f"no bundles found in {conf.get('bundles', DEFAULT_BUNDLES)}")
         super().__init__(
             app_dir=app_dir,
             studies=studies,

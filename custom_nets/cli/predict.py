@@ -38,7 +38,8 @@ def predict(
     with no file of its own, and the masks finished before it stay whole.
 
     Args:
-        bundle: a bundle name (looked up in this project's ``bundles/``, ``./bundles`` and MONAI's bundle folder) or
+        bundle: a bundle name (looked up in the project's bundles folder, ``$SEGRESMAMBA_BUNDLES`` or the shipped one,
+            ``./bundles`` and MONAI's bundle folder) or
             the path of a bundle folder.
         input: an image file (NIfTI, NRRD, MetaImage), a DICOM series folder, or a folder of such images and series
             folders.
@@ -48,7 +49,8 @@ def predict(
         output_format: ``"nifti"`` (the mask on the input image's grid) or ``"dicom_seg"`` (a DICOM SEG referencing
             the source series; DICOM inputs only).
         progress: show a progress bar (on stderr).
-        overrides: bundle config values to replace, by id, e.g. ``--inferer#sw_batch_size 8``.
+        overrides: plain settings of the bundle's inference config to replace, e.g. ``--sw_batch_size 8``
+            (numbers, true/false, lists of numbers, each of its setting's kind; see ``checked_overrides``).
 
     Returns:
         the mask files written, in input order.
@@ -56,20 +58,22 @@ def predict(
     Raises:
         InputError: a bad bundle, input, output folder or option; its message is one line naming the problem.
     """
-    from .bundle import InferencePipeline, find_bundle, resolve_device
+    from ..bundle import InferencePipeline, find_bundle, resolve_device
 
     if output_format not in OUTPUT_FORMATS:
         raise InputError(f"unknown output_format {output_format!r} (use {' or '.join(OUTPUT_FORMATS)})")
-    files = find_bundle(bundle)
+    chosen = find_bundle(bundle)
+    chosen.config_file("inference")
+    chosen.check_weights()
     torch_device = resolve_device(device)
     folder = _output_folder(output)
 
     images = find_inputs(input)
     headers = [read_header(image) for image in images]
     for image, header in zip(images, headers):
-        if header.num_channels != files.num_channels:
+        if header.num_channels != chosen.input_channels:
             raise InputError(
-                f"{image.path} has {header.num_channels} channel(s); bundle {files.name} expects {files.num_channels}"
+                f"{image.path} has {header.num_channels} channel(s); bundle {chosen.name} expects {chosen.input_channels}"
             )
         if output_format == "dicom_seg" and image.format != "dicom":
             raise InputError(f"output_format dicom_seg needs DICOM series inputs; {image.path} is {image.format}")
@@ -81,7 +85,7 @@ def predict(
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    pipeline = InferencePipeline(files, torch_device, overrides)
+    pipeline = InferencePipeline(chosen, torch_device, overrides)
     written = []
     bar = tqdm(zip(images, headers, targets), total=len(images), unit="image", disable=not progress, file=sys.stderr)
     with logging_redirect_tqdm(loggers=[logging.getLogger("custom_nets")]):  # warnings between bar updates
@@ -89,7 +93,7 @@ def predict(
             bar.set_description(image.name)
             mask, affine = pipeline(image.path, header.spatial_shape)
             if output_format == "dicom_seg":
-                write_dicom_seg(mask, affine, image, target, files.channel_def, files.name, files.version)
+                write_dicom_seg(mask, affine, image, target, chosen.channel_def, chosen.name, chosen.version)
             else:
                 write_nifti_mask(mask, affine, target)
             written.append(str(target))

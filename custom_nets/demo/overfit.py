@@ -16,12 +16,10 @@ import torch
 from tqdm import tqdm
 
 from ..networks import SegResMamba
+from . import sample_case
 
-__all__ = ["SAMPLE_CT", "SAMPLE_LABEL", "load_crop", "overfit"]
+__all__ = ["load_crop", "overfit"]
 
-_DATA = Path(__file__).resolve().parents[2] / "data" / "totalseg_ct_abdomen"
-SAMPLE_CT = _DATA / "example_ct.nii.gz"
-SAMPLE_LABEL = _DATA / "example_ct_seg_total_v1.nii.gz"
 HU_WINDOW = (-57.0, 164.0)  # the MSD spleen window of MONAI's spleen bundle
 
 
@@ -53,8 +51,8 @@ def dice(prediction: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def overfit(
-    image: str | Path = SAMPLE_CT,
-    label: str | Path = SAMPLE_LABEL,
+    image: str | Path | None = None,
+    label: str | Path | None = None,
     label_value: int = 1,
     crop: int = 64,
     feature_size: int = 8,
@@ -66,8 +64,12 @@ def overfit(
 ) -> dict:
     """Train a small SegResMamba on one crop until its Dice on the crop reaches ``target_dice`` or ``steps`` end.
 
+    ``image`` and ``label`` default to the shipped sample case (``sample_case()``).
+
     Returns a dict with the Dice reached, the steps taken and the seconds spent.
     """
+    if image is None or label is None:
+        image, label = sample_case()
     torch.manual_seed(seed)
     x, y = load_crop(Path(image), Path(label), label_value, crop)
     net = SegResMamba(in_channels=1, out_channels=2, feature_size=feature_size)

@@ -17,24 +17,28 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .overfit import SAMPLE_CT, SAMPLE_LABEL
+from ..bundle import Bundle, find_bundle
+from ..io.atomic import atomic_output
+from . import sample_case
 
 __all__ = ["run_demo"]
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "spleen_ct_segresmamba"
+BUNDLE = "spleen_ct_segresmamba"
 CASE = "spleen_demo"
 SPLEEN = 1  # TotalSegmentator's label value for the spleen
 
 
-def _prepare_dataset(folder: Path) -> Path:
-    """An MSD Task09-style folder holding the shipped CT and its spleen mask, training and test entry."""
+def _prepare_dataset(folder: Path, image_file: Path, label_file: Path) -> Path:
+    """An MSD Task09-style folder holding the CT and its spleen mask, training and test entry."""
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
     image = folder / "imagesTr" / f"{CASE}.nii.gz"
-    shutil.copyfile(SAMPLE_CT, image)
-    labels = nib.load(str(SAMPLE_LABEL))
+    with atomic_output(image, suffix=".nii.gz") as temporary:
+        shutil.copyfile(image_file, temporary)
+    labels = nib.load(str(label_file))
     spleen = (np.rint(np.asarray(labels.dataobj)) == SPLEEN).astype(np.uint8)
-    nib.save(nib.Nifti1Image(spleen, labels.affine), str(folder / "labelsTr" / f"{CASE}.nii.gz"))
+    with atomic_output(folder / "labelsTr" / f"{CASE}.nii.gz", suffix=".nii.gz") as temporary:
+        nib.save(nib.Nifti1Image(spleen, labels.affine), str(temporary))
     entry = {"image": f"./imagesTr/{CASE}.nii.gz", "label": f"./labelsTr/{CASE}.nii.gz"}
     description = {
         "name": "Spleen (demo: one TotalSegmentator case)",
@@ -45,18 +49,18 @@ def _prepare_dataset(folder: Path) -> Path:
         "training": [entry],
         "test": [entry["image"]],
     }
-    (folder / "dataset.json").write_text(json.dumps(description, indent=1))
+    with atomic_output(folder / "dataset.json") as temporary:
+        temporary.write_text(json.dumps(description, indent=1))
     return folder
 
 
-def _workflow(config_files: list[str], workflow_type: str, **overrides):
+def _workflow(bundle: Bundle, configs: list[str], workflow_type: str, **overrides):
     from monai.bundle import ConfigWorkflow
 
-    configs = BUNDLE / "configs"
     workflow = ConfigWorkflow(
-        config_file=[str(configs / name) for name in config_files],
-        meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"),
+        config_file=[str(bundle.config_file(name)) for name in configs],
+        meta_file=str(bundle.path / "configs" / "metadata.json"),
+        logging_file=str(bundle.path / "configs" / "logging.conf"),
         workflow_type=workflow_type,
         **overrides,
     )
@@ -102,7 +106,8 @@ def _overlay_png(image_path: Path, mask_path: Path, label_path: Path, png: Path,
         axis.axis("off")
     figure.suptitle("SegResMamba (red) vs TotalSegmentator spleen (green outline)")
     figure.tight_layout()
-    figure.savefig(png, dpi=80)
+    with atomic_output(png, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=80)
     plt.close(figure)
 
 
@@ -115,19 +120,31 @@ def run_demo(
     patch: int = 64,
     spacing: float = 3.0,
 ) -> dict:
-    """Train, evaluate and run the spleen bundle on the shipped CT; returns where everything was written."""
+    """Train, evaluate and run the spleen bundle on the shipped CT; returns where everything was written.
+
+    Args:
+        output_dir: where everything is written (a relative path is below the current folder).
+        epochs: training epochs, each of ``crops_per_epoch`` random ``patch``^3 crops around the spleen.
+        crops_per_epoch: crops per epoch.
+        learning_rate: Adam's learning rate.
+        feature_size: width of the network's first stage (the bundle's is 48).
+        patch: training patch and sliding window size.
+        spacing: voxel size in mm the CT is resampled to.
+    """
     start = time.perf_counter()
+    bundle = find_bundle(BUNDLE)
+    image, label_map = sample_case()
     output = Path(output_dir).resolve()
-    dataset = _prepare_dataset(output / "dataset")
+    dataset = _prepare_dataset(output / "dataset", image, label_map)
     models, predictions = output / "models", output / "predictions"
     common = dict(
-        bundle_root=str(BUNDLE), dataset_dir=str(dataset), ckpt_dir=str(models), feature_size=feature_size,
+        bundle_root=str(bundle.path), dataset_dir=str(dataset), ckpt_dir=str(models), feature_size=feature_size,
         patch_size=[patch] * 3, pixdim=[spacing] * 3, num_workers=0,
     )
 
     print(f"[1/3] training the spleen bundle on the shipped CT ({epochs} epochs of {crops_per_epoch} {patch}^3 crops)")
     # a learning rate 30x the paper's 1e-4: minutes of training instead of the paper's hours
-    train = _workflow(["train.json"], "train", epochs=epochs, num_samples=crops_per_epoch, num_val_cases=0,
+    train = _workflow(bundle, ["train"], "train", epochs=epochs, num_samples=crops_per_epoch, num_val_cases=0,
                       val_interval=epochs, learning_rate=learning_rate, cache_rate=1.0,
                       output_dir=str(output / "train"), **common)
     _attach_progress_bar(train.parser.get_parsed_content("train#trainer"), "train")
@@ -135,7 +152,7 @@ def run_demo(
     train.finalize()
 
     print("[2/3] evaluating the trained model")
-    evaluate = _workflow(["train.json", "evaluate.json"], "eval", num_val_cases=0, output_dir=str(output / "eval"),
+    evaluate = _workflow(bundle, ["train", "evaluate"], "eval", num_val_cases=0, output_dir=str(output / "eval"),
                          **common)
     evaluator = evaluate.parser.get_parsed_content("validate#evaluator")
     _attach_progress_bar(evaluator, "evaluate")
@@ -144,7 +161,7 @@ def run_demo(
     evaluate.finalize()
 
     print("[3/3] segmenting the CT")
-    infer = _workflow(["inference.json"], "infer", output_dir=str(predictions), **common)
+    infer = _workflow(bundle, ["inference"], "infer", output_dir=str(predictions), **common)
     _attach_progress_bar(infer.parser.get_parsed_content("evaluator"), "inference")
     infer.run()
     infer.finalize()
@@ -154,7 +171,7 @@ def run_demo(
         raise RuntimeError(f"expected one mask in {predictions}, found {len(masks)}")
     label = dataset / "labelsTr" / f"{CASE}.nii.gz"
     png = output / "overlay.png"
-    _overlay_png(SAMPLE_CT, masks[0], label, png)
+    _overlay_png(image, masks[0], label, png)
     result = {
         "mask": str(masks[0]),
         "overlay": str(png),
@@ -163,7 +180,8 @@ def run_demo(
         "evaluate_metrics": {k: float(v) for k, v in metric.items()},
         "seconds": time.perf_counter() - start,
     }
-    (output / "summary.json").write_text(json.dumps(result, indent=1))
+    with atomic_output(output / "summary.json") as temporary:
+        temporary.write_text(json.dumps(result, indent=1))
     print(
         "\nDone in {seconds:.0f} s.\n  mask:        {mask}\n  overlay PNG: {overlay}\n  weights:     {checkpoint_dir}\n"
         "  Dice of the mask vs TotalSegmentator's spleen (agreement on the training case, not accuracy): "

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from ..io.atomic import atomic_output
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -157,14 +158,6 @@ class EnergyReport:
         self.logger.info(message)
 
     def _write(self, report: dict) -> None:
-        """Write the JSON whole or not at all (temporary file, then rename)."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=self.output_dir, prefix=f".{self.filename}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w") as stream:
-                json.dump(report, stream, indent=2)
-                stream.write("\n")
-            os.replace(tmp, self.output_dir / self.filename)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write the JSON whole or not at all (``atomic_output``)."""
+        with atomic_output(self.output_dir / self.filename) as temporary:
+            temporary.write_text(json.dumps(report, indent=2) + "\n")

@@ -13,22 +13,16 @@ from fastapi import HTTPException
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 
+from custom_nets.io.atomic import atomic_output
 from lib.datastore.checks import checked_id, read_geometry
 
 
 def replace_atomically(write, dest: str | Path) -> None:
-    """Call ``write(tmp_path)``, flush it to disk, then rename it over ``dest``: readers and a restart after a kill
-    see the old file or the new one, never half of one. The ``.part`` name is not an image extension, so the
-    datastore's folder scan never picks a left-over one up."""
-    dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.part")
-    try:
+    """Call ``write(tmp_path)`` on a temporary file beside ``dest``, then rename it over ``dest``
+    (``custom_nets.io.atomic_output``): readers and a restart after a kill see the old file or the new one, never
+    half of one. The temporary name ends in ``.part``, not an image extension: the folder scan never picks it up."""
+    with atomic_output(dest) as tmp:
         write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class CheckedLocalDatastore(LocalDatastore):

@@ -11,7 +11,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.transform.pre import LoadImageTensord
 
-from lib.bundles import Bundle
+from custom_nets.bundle import Bundle
 from lib.transforms import BRATS_LABELS, BRATS_REGIONS, BratsRegionsToLabelsd
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from monailabel.tasks.train.bundle import BundleTrainTask
 
-from lib.bundles import Bundle
+from custom_nets.bundle import Bundle
 
 # Request options passed on to the bundle's train.json as overrides of the same name.
 BUNDLE_OPTIONS = ("learning_rate", "num_workers", "cache_rate", "num_samples")

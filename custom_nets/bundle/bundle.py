@@ -1,0 +1,252 @@
+"""A MONAI bundle in the Model Zoo layout, described by its own files, and finding bundles by name or folder.
+
+A bundle folder holds ``configs/metadata.json``, ``configs/<name>.json`` (or ``.yaml``) for each workflow
+(``inference``, ``train``, ``evaluate``, ...), and ``models/model.pt`` once trained.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ..io import InputError
+from .folders import bundles_folder
+
+__all__ = ["WEIGHTS", "Bundle", "bundle_search_dirs", "checked_overrides", "find_bundle", "find_bundles"]
+
+WEIGHTS = Path("models") / "model.pt"
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """One bundle folder.
+
+    Args:
+        name: the bundle's name (its folder name).
+        path: the bundle folder.
+    """
+
+    name: str
+    path: Path
+
+    @classmethod
+    def at(cls, folder: str | Path) -> Bundle:
+        """The bundle in ``folder``, its metadata checked to be readable.
+
+        Raises:
+            InputError: ``folder`` has no readable ``configs/metadata.json``.
+        """
+        path = Path(folder).expanduser().resolve()
+        bundle = cls(path.name, path)
+        bundle.metadata  # noqa: B018 (read now: a broken bundle is refused where it is found)
+        return bundle
+
+    @cached_property
+    def metadata(self) -> dict[str, Any]:
+        """The parsed ``configs/metadata.json``."""
+        meta_file = self.path / "configs" / "metadata.json"
+        try:
+            return json.loads(meta_file.read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"bundle {self.path}: cannot read {meta_file}: {e}") from None
+
+    @property
+    def weights(self) -> Path:
+        """Where training writes the weights and inference reads them (``models/model.pt``)."""
+        return self.path / WEIGHTS
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", ""))
+
+    @property
+    def description(self) -> str:
+        return str(self.metadata.get("description", ""))
+
+    def _data_format(self, kind: str) -> dict[str, dict]:
+        formats = self.metadata.get("network_data_format", {}).get(kind, {})
+        if not formats:
+            raise InputError(f"bundle {self.path}: metadata.json has no network_data_format.{kind}")
+        return formats
+
+    @property
+    def input_key(self) -> str:
+        """The data key of the network input (``"image"`` in the Model Zoo)."""
+        return next(iter(self._data_format("inputs")))
+
+    @property
+    def output_key(self) -> str:
+        """The data key of the prediction (``"pred"`` in the Model Zoo)."""
+        return next(iter(self._data_format("outputs")))
+
+    @property
+    def input_channels(self) -> int:
+        """Image channels the network takes."""
+        return int(self._data_format("inputs")[self.input_key].get("num_channels", 1))
+
+    @property
+    def channel_def(self) -> dict[str, str]:
+        """Class names of the prediction as the metadata gives them, by label value (one-channel label map) or by
+        channel."""
+        return dict(self._data_format("outputs")[self.output_key].get("channel_def", {}))
+
+    @property
+    def output_channels(self) -> dict[int, str]:
+        """Channel index (or label value) -> class name of the network output, background included."""
+        return {int(index): name for index, name in self.channel_def.items()}
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Label name -> value in the masks, without background (what MONAI Label and 3D Slicer show)."""
+        return {name: index for index, name in self.output_channels.items() if name.lower() != "background"}
+
+    def config_file(self, config: str) -> Path:
+        """``configs/<config>.json`` (or ``.yaml``, ``.yml``).
+
+        Raises:
+            InputError: the bundle has no such config.
+        """
+        for suffix in CONFIG_SUFFIXES:
+            candidate = self.path / "configs" / f"{config}{suffix}"
+            if candidate.is_file():
+                return candidate
+        raise InputError(f"bundle {self.path} has no configs/{config}.json: not a MONAI bundle with a {config} config")
+
+    def parser(self, config: str):
+        """A ``monai.bundle.ConfigParser`` of ``configs/<config>.json`` with ``bundle_root`` set to this folder."""
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config(str(self.config_file(config)))
+        parser["bundle_root"] = str(self.path)
+        return parser
+
+    def check_weights(self) -> Path:
+        """The weights file, checked to exist.
+
+        Raises:
+            InputError: the bundle has not been trained (the message says how to train it).
+        """
+        if self.weights.is_file():
+            return self.weights
+        train = self.path / "configs" / "train.json"
+        help_text = (
+            f"train them with `python -m monai.bundle run --bundle_root {self.path} --config_file {train}` "
+            f"(see {self.path / 'docs' / 'README.md'}) or copy a trained state dict there"
+            if train.is_file()
+            else "copy a trained state dict there"
+        )
+        raise InputError(f"bundle {self.name} has no trained weights ({self.weights} is missing): {help_text}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _checked_value(name: str, current: Any, value: Any) -> Any:
+    """``value`` if it has the kind of ``current``: a bool, a finite non-negative number (an integer where
+    ``current`` is one), or a list of as many such numbers."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise InputError(f"setting {name} takes true or false, not {value!r}")
+    if _is_number(current):
+        if not _is_number(value) or not math.isfinite(value) or value < 0:
+            raise InputError(f"setting {name} takes a finite number >= 0, not {value!r}")
+        if isinstance(current, int) and value != int(value):
+            raise InputError(f"setting {name} takes a whole number, not {value!r}")
+        return int(value) if isinstance(current, int) else float(value)
+    if not isinstance(value, (list, tuple)) or len(value) != len(current):
+        raise InputError(f"setting {name} takes a list of {len(current)} numbers like {current}, not {value!r}")
+    return [_checked_value(name, c, v) for c, v in zip(current, value)]
+
+
+def _plain_setting(value: Any) -> bool:
+    return isinstance(value, bool) or _is_number(value) or (
+        isinstance(value, list) and len(value) > 0 and all(_is_number(v) for v in value)
+    )
+
+
+def checked_overrides(parser, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides from a user, checked before they reach the config: MONAI evaluates config strings (``$`` runs
+    Python, ``@`` and ``%`` refer to other entries), so only the plain settings at the top of the config (numbers,
+    true/false, lists of numbers: ``feature_size``, ``patch_size``, ``pixdim``, ``sw_batch_size``, ...) can be
+    set, each to a value of its own kind.
+
+    Args:
+        parser: the parsed config (``Bundle.parser``).
+        overrides: setting name -> value, as the command line parsed it.
+
+    Raises:
+        InputError: an unknown setting, one that is not plain, or a value of another kind or out of range.
+    """
+    settings = {key: value for key, value in parser.config.items() if _plain_setting(value)}
+    checked = {}
+    for name, value in overrides.items():
+        if name not in settings:
+            raise InputError(
+                f"unknown setting {name!r} for this bundle's config: settings that can be set are "
+                f"{', '.join(sorted(settings))}"
+            )
+        checked[name] = _checked_value(name, settings[name], value)
+    return checked
+
+
+def bundle_search_dirs() -> list[Path]:
+    """Where a bundle given by name is looked for, in order: the project's bundles folder (``bundles_folder()``:
+    ``$SEGRESMAMBA_BUNDLES``, the checkout's ``bundles/`` or the installed ones), ``./bundles``, and MONAI's bundle
+    download folder."""
+    dirs = []
+    try:
+        dirs.append(bundles_folder())
+    except FileNotFoundError:
+        pass
+    dirs.append(Path.cwd() / "bundles")
+    torch_home = os.environ.get("TORCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "torch"
+    dirs.append(Path(torch_home).expanduser() / "hub" / "bundle")
+    return list(dict.fromkeys(dirs))
+
+
+def find_bundle(bundle: str | Path) -> Bundle:
+    """The bundle at path ``bundle``, or named ``bundle`` in one of ``bundle_search_dirs()``.
+
+    Raises:
+        InputError: no such bundle, or its metadata is unreadable.
+    """
+    path = Path(bundle).expanduser()
+    if not path.is_dir():
+        candidates = [d / str(bundle) for d in bundle_search_dirs()] if len(path.parts) == 1 else []
+        found = next((c for c in candidates if c.is_dir()), None)
+        if found is None:
+            where = ", ".join(str(d) for d in bundle_search_dirs()) if candidates else "that path"
+            raise InputError(f"bundle not found: {bundle} (looked in {where}; give a bundle name or folder)")
+        path = found
+    return Bundle.at(path)
+
+
+def find_bundles(folder: str | Path | None = None, names: list[str] | None = None) -> dict[str, Bundle]:
+    """The bundles in ``folder`` (default ``bundles_folder()``; every subfolder with ``configs/metadata.json``), or
+    only ``names``, by name.
+
+    Raises:
+        InputError: ``folder`` is not a folder, or a name in ``names`` is not a bundle there (the message lists the
+            ones that are).
+    """
+    root = Path(folder if folder is not None else bundles_folder()).expanduser().resolve()
+    if not root.is_dir():
+        raise InputError(f"bundles folder {root} does not exist")
+    found = {
+        child.name: Bundle.at(child) for child in sorted(root.iterdir()) if (child / "configs" / "metadata.json").is_file()
+    }
+    if names is None:
+        return found
+    unknown = [name for name in names if name not in found]
+    if unknown:
+        raise InputError(f"unknown model(s) {unknown}; bundles in {root}: {sorted(found)}")
+    return {name: found[name] for name in names}
