@@ -17,15 +17,16 @@ __all__ = ["IMAGE_UPLOAD_SUFFIXES", "saved_upload", "upload_suffix"]
 IMAGE_UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
-def upload_suffix(upload: UploadFile, allowed: tuple[str, ...], what: str) -> str:
-    """The suffix of the uploaded file's name among ``allowed`` (HTTP 415 otherwise); ``allowed[0]`` if unnamed."""
+def upload_suffix(upload: UploadFile, allowed: tuple[str, ...], kind: str = "image") -> str:
+    """The suffix of the uploaded file's name among ``allowed`` (HTTP 415 naming the ``kind`` of file expected
+    otherwise); ``allowed[0]`` if unnamed."""
     name = (upload.filename or "").lower()
     if not name:
         return allowed[0]
     suffix = next((s for s in allowed if name.endswith(s)), None)
     if suffix is None:
         shown = re.sub(r"[^\w.\-]", "_", Path(name).name)[-60:]
-        raise HTTPException(status_code=415, detail=f"{what} {shown!r} is not one of {', '.join(allowed)}")
+        raise HTTPException(status_code=415, detail=f"unsupported {kind} file type {shown!r}; use {', '.join(allowed)}")
     return suffix
 
 

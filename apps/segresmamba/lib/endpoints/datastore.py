@@ -24,7 +24,7 @@ router = APIRouter(prefix="/datastore", tags=["Datastore"])
 
 
 def add_image(image: str | None, params: dict, file: UploadFile, username: str) -> dict:
-    suffix = upload_suffix(file, IMAGE_UPLOAD_SUFFIXES, "uploaded image")
+    suffix = upload_suffix(file, IMAGE_UPLOAD_SUFFIXES)
     image_id = image or Path(file.filename or "image").name[: -len(suffix)]
     with saved_upload(file, suffix) as path:
         image_id = app_instance().datastore().add_image(image_id, path, {**params, "user": username})
@@ -33,7 +33,7 @@ def add_image(image: str | None, params: dict, file: UploadFile, username: str) 
 
 def save_label(image: str, params: dict, tag: str, label: UploadFile) -> dict:
     app = app_instance()
-    with saved_upload(label, upload_suffix(label, IMAGE_UPLOAD_SUFFIXES, "uploaded label")) as path:
+    with saved_upload(label, upload_suffix(label, IMAGE_UPLOAD_SUFFIXES, "label")) as path:
         label_id = app.datastore().save_label(image, path, tag or DefaultLabelTag.FINAL.value, params)
     return {**(app.on_save_label(image, label_id) or {}), "image": image, "label": label_id}
 
@@ -88,4 +88,7 @@ async def api_download_dataset(
             status_code=403,
             detail="dataset download is off while MONAI Label's authentication is off (MONAI_LABEL_AUTH_ENABLE)",
         )
-    return await run_in_threadpool(upstream.download_dataset, limit_cases)
+    try:
+        return await run_in_threadpool(upstream.download_dataset, limit_cases)
+    except AssertionError:  # MONAI Label's archive asserts that there is something to put in it
+        raise HTTPException(status_code=404, detail="nothing to download: no label has been saved yet") from None

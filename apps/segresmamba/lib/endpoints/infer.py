@@ -32,7 +32,7 @@ def _infer_and_respond(model: str, request: dict, file: UploadFile | None, outpu
     if file is None:
         result = app.infer(request)
     else:
-        with saved_upload(file, upload_suffix(file, IMAGE_UPLOAD_SUFFIXES, "uploaded image")) as path:
+        with saved_upload(file, upload_suffix(file, IMAGE_UPLOAD_SUFFIXES)) as path:
             result = app.infer(request, upload=path)
     try:
         return send_response(app.datastore(), result, output, background_tasks)

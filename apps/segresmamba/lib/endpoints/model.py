@@ -4,7 +4,6 @@ network, atomically."""
 from __future__ import annotations
 
 import os
-import shutil
 
 from fastapi import APIRouter, Depends, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -29,7 +28,7 @@ def update_model(model: str, file: UploadFile) -> dict:
 
     infer = app_instance().infer_task(model)
     weights = infer.bundle.weights
-    with saved_upload(file, upload_suffix(file, (".pt",), "uploaded weights")) as path:
+    with saved_upload(file, upload_suffix(file, (".pt",), "weights")) as path:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # not a torch file, a pickle of arbitrary objects, a truncated file...
@@ -49,7 +48,7 @@ def update_model(model: str, file: UploadFile) -> dict:
                 detail=f"uploaded weights do not fit {model}'s network_def: {_first_line(error)}; the weights are unchanged",
             ) from None
         with atomic_output(weights, suffix=".pt") as temporary:
-            shutil.copyfile(path, temporary)
+            torch.save(state, temporary)  # the plain state dict, as the bundle's training saves it
             with open(temporary, "rb+") as f:
                 os.fsync(f.fileno())
     return {"checksum": file_checksum(str(weights)), "modified_time": int(weights.stat().st_mtime)}
@@ -59,6 +58,7 @@ def update_model(model: str, file: UploadFile) -> dict:
 async def api_update_model(
     model: str, file: UploadFile, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))
 ):
-    """Replace ``model``'s weights with the upload once it loads (``strict``) into the bundle's network; HTTP 422
-    otherwise, and the old weights stay. MONAI Label's route copies any upload over the weights file in place."""
+    """Replace ``model``'s weights with the upload once it loads (``strict``) into the bundle's network, saved as a
+    plain state dict and renamed into place; HTTP 422 otherwise, and the old weights stay. MONAI Label's route copies
+    any upload over the weights file in place."""
     return await run_in_threadpool(update_model, model, file)
