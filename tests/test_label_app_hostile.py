@@ -426,3 +426,25 @@ def test_cli_checks_its_output_folder_first(cli_bundle, tmp_path):
     run, _ = predict_command(cli_bundle, CT, tmp_path / "out")
     assert run.returncode == 0, run.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["example_ct_sm_seg.nii.gz"]
+
+
+def test_header_checks_without_reading_voxels(tmp_path):
+    """The checks ``check_size`` makes, on each kind of file: limit, uncompressed size, compressed size."""
+    from custom_nets.io import InputError, find_inputs, read_header
+    from custom_nets.io.header import check_size
+
+    ct = nib.load(CT)
+    plain = tmp_path / "ct.nii"
+    nib.save(nib.Nifti1Image(np.asarray(ct.dataobj), ct.affine), plain)
+    image = find_inputs(plain)[0]
+    check_size(image, read_header(image))
+    with pytest.raises(InputError, match="too large: 122 x 101 x 30 = 369,660 voxels, the limit is 1,000"):
+        check_size(image, read_header(image), max_voxels=1000)
+    plain.write_bytes(plain.read_bytes()[:-100])
+    with pytest.raises(InputError, match="is truncated: its header announces 739,672 bytes, the file has 739,572"):
+        check_size(image, read_header(image))
+    nrrd = find_inputs(ROOT / "data" / "pyradiomics_brain_tumor" / "brain2_image.nrrd")[0]
+    check_size(nrrd, read_header(nrrd))
+    bomb = find_inputs(header_only_nifti(tmp_path / "bomb.nii.gz", 600))[0]  # 216 M voxels: within the limit
+    with pytest.raises(InputError, match="more than a .*-byte file can hold"):
+        check_size(bomb, read_header(bomb))

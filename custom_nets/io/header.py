@@ -6,7 +6,7 @@ channel axis; NRRD and MetaImage: ITK, pixel components are channels; DICOM: ITK
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
@@ -38,10 +38,11 @@ class ImageHeader:
 
     spatial_shape: tuple[int, ...]
     num_channels: int
-    voxel_bytes: int | None = None
-    data_file: Path | None = None
-    compressed: bool | None = None
-    floating: bool | None = None
+    # how the voxels are stored, not what the image is: left out of comparisons
+    voxel_bytes: int | None = field(default=None, compare=False)
+    data_file: Path | None = field(default=None, compare=False)
+    compressed: bool | None = field(default=None, compare=False)
+    floating: bool | None = field(default=None, compare=False)
 
     @property
     def voxels(self) -> int:
@@ -64,7 +65,7 @@ def _nifti_header(path: Path) -> ImageHeader:
         image = nib.load(path)
         shape = tuple(int(s) for s in image.shape)
         dtype = image.header.get_data_dtype()
-        offset = int(image.header["vox_offset"])
+        offset = int(getattr(image.dataobj, "offset", 0))  # the header field may read 0
     except Exception as e:  # nibabel raises many kinds for a damaged file
         raise InputError(f"cannot read NIfTI {path}: {_first_line(e)}") from None
     size = dict(

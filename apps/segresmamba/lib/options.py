@@ -89,6 +89,16 @@ class Word:
         return value
 
 
+@dataclass(frozen=True)
+class Nullable:
+    """``null`` (None), or what ``parser`` accepts."""
+
+    parser: Any
+
+    def parse(self, name: str, value: Any) -> Any:
+        return None if value is None else self.parser.parse(name, value)
+
+
 def _choice(*words: str) -> Word:
     return Word("|".join(re.escape(w) for w in words), " or ".join(repr(w) for w in words))
 
@@ -107,8 +117,6 @@ class Device:
 
 
 DEVICE = Device()
-# Ids of the datastore and label tags become file names: no path characters.
-NAME = Word(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}", "a name of letters, digits, '_', '-' and '.'")
 EMPTY = Word(r"", "an empty string (not supported by this app)")
 
 TRAIN_OPTIONS: dict[str, Any] = {
@@ -133,7 +141,7 @@ TRAIN_OPTIONS: dict[str, Any] = {
     "num_samples": Number(int, 1, 64),
     "val_interval": Number(int, 1, 100_000),
     # MONAI Label's clients
-    "client_id": Word(r"[A-Za-z0-9_.:\-]{0,128}", "a client id of letters, digits, '_', '-', '.' and ':'"),
+    "client_id": Nullable(Word(r"[A-Za-z0-9_.:\-]{0,128}", "a client id of letters, digits, '_', '-', '.' and ':'")),
 }
 
 INFER_OPTIONS: dict[str, Any] = {
@@ -142,10 +150,9 @@ INFER_OPTIONS: dict[str, Any] = {
     "result_dtype": _choice("uint8", "uint16", "int16", "int32", "float32"),
     "result_compress": Flag(),
     "save_label": Flag(),
-    "label_tag": NAME,
+    "label_tag": _choice("original"),  # an inference never overwrites the annotators' "final" labels
     "skip_writer": Flag(),
     "logging": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
-    "timeout": Number(float, 1.0, 3600.0),
     "client_id": TRAIN_OPTIONS["client_id"],
 }
 
