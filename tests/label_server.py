@@ -43,10 +43,19 @@ def free_port() -> int:
 
 class LabelServer:
     """``monailabel start_server --app apps/segresmamba`` in its own process group (so that a kill reaches the
-    training processes it starts too), logging to ``log``."""
+    training processes it starts too), logging to ``log``; ``headers`` go with its own requests (a token when
+    authentication is on)."""
 
-    def __init__(self, studies: str | Path, conf: dict[str, str], log: Path, env: dict[str, str] | None = None):
-        self.studies, self.conf, self.log = str(studies), conf, log
+    def __init__(
+        self,
+        studies: str | Path,
+        conf: dict[str, str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        self.studies, self.conf, self.log, self.cwd, self.headers = str(studies), conf, log, cwd, headers or {}
         self.env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false", **(env or {})}
         self.process: subprocess.Popen | None = None
         self.url = ""
@@ -60,13 +69,13 @@ class LabelServer:
             command += ["--conf", key, value]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                            start_new_session=True)
+                                            start_new_session=True, cwd=self.cwd)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if requests.get(f"{self.url}/info/", timeout=5).ok:
+                if requests.get(f"{self.url}/info/", headers=self.headers, timeout=5).ok:
                     return self
             except requests.ConnectionError:
                 pass
@@ -87,13 +96,18 @@ class LabelServer:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def peak_memory_kib(self) -> int:
+        """The server process's peak resident memory so far (VmHWM, KiB)."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
 
     def wait_for_training(self, timeout: float = 600.0) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status = requests.get(f"{self.url}/train/", timeout=10).json()
+            status = requests.get(f"{self.url}/train/", headers=self.headers, timeout=10).json()
             if status.get("status") not in ("SUBMITTED", "QUEUED", "RUNNING"):
                 return status
             time.sleep(2)

@@ -102,7 +102,7 @@ def test_bad_uploads_get_4xx_and_change_nothing(session, tmp_path):
     expect_error(lambda: client.upload_image(str(text), image_id="notes"), 415, "unsupported image file type")
     corrupt = tmp_path / "corrupt.nii.gz"
     corrupt.write_bytes(CT.read_bytes()[:5000])
-    expect_error(lambda: client.upload_image(str(corrupt), image_id="corrupt"), 422, "not a readable image")
+    expect_error(lambda: client.upload_image(str(corrupt), image_id="corrupt"), 422, "is damaged")
     expect_error(lambda: client.upload_image(str(CT), image_id="../escape"), 400, "invalid image id")
     assert not (session["studies"].parent / "escape.nii.gz").exists()
     assert client.datastore() == before

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from ..io import InputError, find_inputs, read_header, write_dicom_seg, write_nifti_mask
+from ..io.header import MAX_VOXELS, check_size
+from ..io.voxels import check_finite
 
 __all__ = ["OUTPUT_FORMATS", "predict"]
 
@@ -16,9 +20,19 @@ MASK_POSTFIX = "_seg"
 
 
 def _output_folder(output: str | Path) -> Path:
+    """The output folder, checked writable before any work (a missing one: its nearest existing parent)."""
     folder = Path(output).expanduser()
     if folder.exists() and not folder.is_dir():
         raise InputError(f"output must be a folder: {folder} is a file")
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"output folder {folder} cannot be created: {existing} is a file")
+    try:  # os.access does not see read-only file systems, and root passes it anyway
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise InputError(f"output folder {folder} is not writable: {existing}: {reason}") from None
     return folder
 
 
@@ -29,11 +43,13 @@ def predict(
     device: str = "auto",
     output_format: str = "nifti",
     progress: bool = True,
+    max_voxels: int = MAX_VOXELS,
     **overrides,
 ) -> list[str]:
     """Segment images with a bundle's inference config and trained weights, one mask per image.
 
-    Every input is checked from its header (readable, 3D, the bundle's channel count) before any work. Each mask
+    Every input is checked before any work: from its header (readable, 3D, the bundle's channel count, at most
+    ``max_voxels``, no more voxel data than its file can hold), then its voxels (no NaN or infinite value). Each mask
     is written to a temporary file and renamed into place: an image that fails later (damaged data) stops the run
     with no file of its own, and the masks finished before it stay whole.
 
@@ -49,6 +65,7 @@ def predict(
         output_format: ``"nifti"`` (the mask on the input image's grid) or ``"dicom_seg"`` (a DICOM SEG referencing
             the source series; DICOM inputs only).
         progress: show a progress bar (on stderr).
+        max_voxels: the largest image accepted, in voxels times channels (default 2^28, a 512 x 512 x 1024 CT).
         overrides: plain settings of the bundle's inference config to replace, e.g. ``--sw_batch_size 8``
             (numbers, true/false, lists of numbers, each of its setting's kind; see ``checked_overrides``).
 
@@ -71,6 +88,7 @@ def predict(
     images = find_inputs(input)
     headers = [read_header(image) for image in images]
     for image, header in zip(images, headers):
+        check_size(image, header, int(max_voxels))
         if header.num_channels != chosen.input_channels:
             raise InputError(
                 f"{image.path} has {header.num_channels} channel(s); bundle {chosen.name} expects {chosen.input_channels}"
@@ -81,6 +99,8 @@ def predict(
     clashes = sorted({t.name for t in targets if targets.count(t) > 1})
     if clashes:
         raise InputError(f"several inputs would write the same mask: {', '.join(clashes)} (rename them)")
+    for image, header in zip(images, headers):
+        check_finite(image, header)
 
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm

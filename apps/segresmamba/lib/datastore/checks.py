@@ -8,6 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 from fastapi import HTTPException
 
+from custom_nets.io import InputError, find_inputs, read_header
+from custom_nets.io.header import MAX_VOXELS, check_size
+from custom_nets.io.voxels import check_finite
+
 # An id becomes a file name in the datastore: no path separators, no '..', nothing hidden.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
@@ -58,10 +62,26 @@ def _read_all_voxels(path: str) -> None:
         nrrd.read(path)
 
 
-def read_geometry(path: str, what: str) -> Geometry:
-    """Read the whole image at ``path`` and return its grid; HTTP 422 if it is not a readable 3D image."""
+def check_image(path: str, what: str, max_voxels: int = MAX_VOXELS, finite: bool = False) -> None:
+    """HTTP 422 unless the image at ``path`` has a readable header, at most ``max_voxels`` voxels and no more voxel
+    data than its file can hold (checked before any voxel is read), and with ``finite``, no NaN or infinite voxel.
+    Messages name the image as ``what``, not by its (temporary) path."""
+    try:
+        image = find_inputs(path)[0]
+        header = read_header(image)
+        check_size(image, header, max_voxels)
+        if finite:
+            check_finite(image, header)
+    except InputError as error:
+        raise HTTPException(status_code=422, detail=str(error).replace(str(path), what)) from None
+
+
+def read_geometry(path: str, what: str, max_voxels: int = MAX_VOXELS) -> Geometry:
+    """Read the whole image at ``path`` and return its grid; HTTP 422 if it is not a readable 3D image of at most
+    ``max_voxels`` voxels (see ``check_image``)."""
     import itk
 
+    check_image(path, what, max_voxels)
     try:
         _read_all_voxels(str(path))
         image = itk.imread(str(path))

@@ -15,6 +15,7 @@ from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from custom_nets.io.dicom_seg import write_dicom_seg
+from custom_nets.io.header import MAX_VOXELS
 from custom_nets.io.inputs import find_inputs
 from lib.datastore.local import CheckedLocalDatastore
 
@@ -40,20 +41,22 @@ class CheckedDICOMWebDatastore(DICOMWebDatastore, CheckedLocalDatastore):
     """
 
     @classmethod
-    def for_url(cls, url: str) -> "CheckedDICOMWebDatastore":
+    def for_url(cls, url: str, max_voxels: int = MAX_VOXELS) -> "CheckedDICOMWebDatastore":
         client = OriginalSyntaxClient(
             url=url,
             qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
             wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
             stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,
         )
-        return cls(
+        store = cls(
             client=client,
             search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
             cache_path=settings.MONAI_LABEL_DICOMWEB_CACHE_PATH.strip() or None,
             fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
             convert_to_nifti=True,
         )
+        store.max_voxels = max_voxels  # DICOMWebDatastore's constructor does not pass it on
+        return store
 
     def save_label(
         self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any], label_id: str = ""

@@ -14,6 +14,7 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 
 from custom_nets.io.atomic import atomic_output
+from custom_nets.io.header import MAX_VOXELS
 from lib.datastore.checks import checked_id, read_geometry
 
 
@@ -31,7 +32,16 @@ class CheckedLocalDatastore(LocalDatastore):
     Unlike the stock one it answers bad uploads with HTTP 4xx (ids with path characters, files that are not
     readable 3D images, labels whose grid differs from their image's) and writes images, labels and the index
     through a temporary file and an atomic rename.
+
+    Args:
+        max_voxels: the largest image or label accepted (voxels times channels), checked from its header before any
+            voxel is read.
+        args, kwargs: those of ``LocalDatastore``.
     """
+
+    def __init__(self, *args, max_voxels: int = MAX_VOXELS, **kwargs):
+        self.max_voxels = max_voxels
+        super().__init__(*args, **kwargs)
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         derived_id, ext = self._to_id(os.path.basename(image_filename))
@@ -41,7 +51,7 @@ class CheckedLocalDatastore(LocalDatastore):
                 status_code=415,
                 detail=f"unsupported image file type {ext!r}; this datastore takes {sorted(self._extensions)}",
             )
-        read_geometry(image_filename, f"uploaded image {image_id!r}")
+        read_geometry(image_filename, f"uploaded image {image_id!r}", self.max_voxels)
 
         name = self._filename(image_id, ext)
         with FileLock(self._lock_file):
@@ -62,8 +72,8 @@ class CheckedLocalDatastore(LocalDatastore):
         image_uri = self.get_image_uri(image_id)
         if not image_uri:
             raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
-        label = read_geometry(label_filename, f"label for {image_id!r}")
-        image = read_geometry(image_uri, f"image {image_id!r}")
+        label = read_geometry(label_filename, f"label for {image_id!r}", self.max_voxels)
+        image = read_geometry(image_uri, f"image {image_id!r}", self.max_voxels)
         if not label.matches(image):
             raise HTTPException(
                 status_code=422,

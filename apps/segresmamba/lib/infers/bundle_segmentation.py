@@ -64,7 +64,13 @@ class BundleSegmentation(BasicInferTask):
         # MONAI 1.6's Spacingd updates every "image_*" entry of the data as a metadata dict, and MONAI Label keeps the
         # input's path there as the string "image_path" (its writer reads it): keep it aside while they run.
         path = data.pop("image_path", None)
-        data = super().run_pre_transforms(data, transforms)
+        try:
+            data = super().run_pre_transforms(data, transforms)
+        except Exception as error:  # a file whose header reads but whose voxels do not (truncated, corrupt)
+            while error.__cause__ is not None:  # MONAI wraps the failing transform's error
+                error = error.__cause__
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise HTTPException(status_code=422, detail=f"the image cannot be loaded: {reason}") from None
         if path is not None:
             data["image_path"] = path
         return data
