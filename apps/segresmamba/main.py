@@ -20,10 +20,12 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 import custom_nets
+from lib import viewer
 from lib.activelearning import MostUncertain
 from lib.bundles import find_bundles
 from lib.datastore import CheckedDICOMWebDatastore, CheckedLocalDatastore, checked_id
 from lib.infers import BundleSegmentation
+from lib.modality import check_modality
 from lib.scoring import ModelDice, TTAUncertainty
 from lib.trainers import BundleFineTune
 
@@ -72,6 +74,12 @@ class SegResMambaApp(MONAILabelApp):
             methods[f"tta_uncertainty_{name}"] = TTAUncertainty(infer)
         return methods
 
+    def on_init_complete(self):
+        from monailabel.app import app as server  # in the server process only: the FastAPI application it runs
+
+        viewer.install(server)  # the OHIF viewer at /ohif/ and its DICOMweb proxy (lib/viewer.py)
+        super().on_init_complete()
+
     def infer(self, request, datastore=None):
         model = request.get("model")
         if model not in self._infers:
@@ -82,6 +90,7 @@ class SegResMambaApp(MONAILabelApp):
             checked_id(image)
             if not (datastore or self.datastore()).get_image_uri(image):
                 raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")
+            check_modality(model, self.bundles[model].metadata, datastore or self.datastore(), image)
         return super().infer(request, datastore)
 
     def train(self, request):

@@ -1,0 +1,139 @@
+"""The OHIF viewer that MONAI Label bundles, served by this app at ``/ohif/`` and working against a DICOMweb PACS.
+
+MONAI Label 0.8.5 serves the viewer and a DICOMweb proxy for it, but three things stop its viewer from working:
+
+- the proxy (``/proxy/dicom/...``) drops the request's ``Accept`` header and query string. OHIF asks for image
+  frames in any transfer syntax (``transfer-syntax=*``) and decodes JPEG 2000 itself; without the header the PACS
+  must answer in uncompressed form, which Orthanc cannot make from JPEG 2000 without its GDCM plugin (HTTP 500), so
+  every image stays grey. Without the query string, QIDO searches lose their filters. It also runs blocking on
+  the event loop, one request at a time;
+- the MONAI Label panel connects to the server named by the cookie ``MONAILABEL_SERVER_URL``, and without one to
+  port 8000 of the page's host, not to the server that served the page;
+- files in sub-folders of the build (``assets/``, ``dicom-microscopy-viewer/``) are answered with ``index.html``.
+
+``router`` serves both routes in their place: the viewer's files (the page sets the cookie to this server's own
+address, so the panel connects to the server that served it) and a proxy that forwards ``Accept`` and
+``Content-Type`` and the query string, with a timeout, off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from urllib.parse import quote
+
+import monailabel.endpoints
+import requests
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, Response
+from monailabel.config import settings
+from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.utils.others.generic import get_mime_type
+from starlette.concurrency import run_in_threadpool
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OHIF_DIR", "SERVER_COOKIE", "install", "router"]
+
+OHIF_DIR = Path(monailabel.endpoints.__file__).resolve().parent / "static" / "ohif"
+SERVER_COOKIE = "MONAILABEL_SERVER_URL"  # read by the panel's settings (plugins/ohifv3, SettingsTable)
+REQUEST_HEADERS = ("accept", "content-type")
+RESPONSE_HEADERS = ("content-type", "content-location")
+
+router = APIRouter(include_in_schema=False)
+
+
+def viewer_file(path: str, root: Path = OHIF_DIR) -> Path | None:
+    """The file of the viewer's build at ``path`` (sub-folders included), or None: no such file, or a path that
+    leaves ``root``."""
+    file = (root / path).resolve()
+    return file if file.is_file() and file.is_relative_to(root.resolve()) else None
+
+
+def server_cookie(base_url: str) -> str:
+    """A ``Set-Cookie`` value naming ``base_url`` as the panel's server, for every page under /ohif.
+
+    The panel reads the cookie with JavaScript's ``unescape``, so the URL is percent-encoded (``escape``'s safe
+    characters kept). Its path is the one the panel itself writes the cookie under (the folder of
+    /ohif/monai-label), so the two never coexist; a server URL typed in the panel lasts until the page is reloaded.
+    """
+    return f"{SERVER_COOKIE}={quote(base_url, safe='/@*_+-.')}; Path=/ohif; SameSite=Lax"
+
+
+@router.get("/ohif/{path:path}")
+def api_viewer(request: Request, path: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    """A file of the viewer's build, or its page (``index.html``) for the viewer's own routes (``/ohif/``,
+    ``/ohif/monai-label?StudyInstanceUIDs=...``); 404 for a missing file (a path whose last part has a suffix)."""
+    file = viewer_file(path)
+    if file is not None:
+        return FileResponse(file, media_type=get_mime_type(str(file)))
+    if Path(path).suffix:
+        raise HTTPException(status_code=404, detail=f"the viewer has no file {path!r}")
+    page = FileResponse(OHIF_DIR / "index.html", media_type="text/html")
+    page.headers["Set-Cookie"] = server_cookie(str(request.base_url))
+    page.headers["Cache-Control"] = "no-cache"
+    return page
+
+
+def pacs_url(path: str) -> str:
+    """The PACS URL for the proxy path ``path`` (``wado/...``, ``qido/...``, ``stow/...`` or a bare DICOMweb path),
+    with the server's configured prefix of that service."""
+    if not settings.MONAI_LABEL_STUDIES.startswith(("http://", "https://")):
+        raise HTTPException(status_code=404, detail="this server's studies are not on a DICOMweb server")
+    parts = path.split("/")
+    if any(part in (".", "..") for part in parts):
+        raise HTTPException(status_code=400, detail=f"proxy path {path!r} has a '.' or '..' segment")
+    service, rest = (parts[0], "/".join(parts[1:])) if parts[0] in ("wado", "qido", "stow") else ("", path)
+    if service == "qido" and rest.endswith("metadata"):  # some OHIF versions ask QIDO for metadata, a WADO resource
+        service = "wado"
+    prefixes = {
+        "wado": settings.MONAI_LABEL_WADO_PREFIX,
+        "qido": settings.MONAI_LABEL_QIDO_PREFIX,
+        "stow": settings.MONAI_LABEL_STOW_PREFIX,
+    }
+    prefix = (prefixes.get(service) or "").strip("/")
+    return "/".join(filter(None, (settings.MONAI_LABEL_STUDIES.rstrip("/"), prefix, rest)))
+
+
+def forward(method: str, url: str, query: str, headers: dict[str, str], body: bytes | None) -> Response:
+    """One request to the PACS and its answer (status, body, content type); 502/504 naming the PACS when it cannot
+    be reached."""
+    auth = None
+    if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+        auth = (settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD)
+    target = f"{url}?{query}" if query else url
+    try:
+        answer = requests.request(
+            method, target, headers=headers, data=body, auth=auth, timeout=settings.MONAI_LABEL_DICOMWEB_PROXY_TIMEOUT
+        )
+    except requests.Timeout:
+        raise HTTPException(status_code=504, detail=f"the PACS did not answer {method} {url} in time")
+    except requests.ConnectionError as error:
+        raise HTTPException(status_code=502, detail=f"cannot reach the PACS for {method} {url}: {error}")
+    kept = {name: answer.headers[name] for name in RESPONSE_HEADERS if name in answer.headers}
+    return Response(content=answer.content, status_code=answer.status_code, headers=kept)
+
+
+@router.api_route("/proxy/dicom/{path:path}", methods=["GET", "POST"])
+async def api_proxy(request: Request, path: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    """The viewer's DICOMweb requests (QIDO, WADO, STOW), passed to the PACS with their query string and their
+    ``Accept`` and ``Content-Type`` headers."""
+    url = pacs_url(path)
+    headers = {name: request.headers[name] for name in REQUEST_HEADERS if name in request.headers}
+    body = await request.body() if request.method == "POST" else None
+    return await run_in_threadpool(forward, request.method, url, request.url.query, headers, body)
+
+
+def install(server: FastAPI) -> None:
+    """Serve ``router``'s routes in ``server`` before MONAI Label's of the same paths (Starlette serves the first
+    route that matches a request), so MONAI Label's viewer and proxy routes are never reached."""
+    if getattr(server.state, "segresmamba_viewer", False):
+        return
+    routes = server.router.routes
+    before = len(routes)
+    server.include_router(router, prefix=settings.MONAI_LABEL_API_STR)
+    ours = routes[before:]
+    del routes[before:]
+    routes[0:0] = ours
+    getattr(server.router, "_mark_routes_changed", lambda: None)()  # newer FastAPI caches its route tables
+    server.state.segresmamba_viewer = True
