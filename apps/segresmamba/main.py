@@ -77,7 +77,7 @@ class SegResMambaApp(MONAILabelApp):
     def on_init_complete(self):
         from monailabel.app import app as server  # in the server process only: the FastAPI application it runs
 
-        viewer.install(server)  # the OHIF viewer at /ohif/ and its DICOMweb proxy (lib/viewer.py)
+        viewer.install(server, viewer.PacsProxy.from_settings(self.studies))  # OHIF at /ohif/, its DICOMweb proxy
         super().on_init_complete()
 
     def infer(self, request, datastore=None):

@@ -19,6 +19,7 @@ address, so the panel connects to the server that served it) and a proxy that fo
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -33,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OHIF_DIR", "SERVER_COOKIE", "install", "router"]
+__all__ = ["OHIF_DIR", "SERVER_COOKIE", "PacsProxy", "install", "router"]
 
 OHIF_DIR = Path(monailabel.endpoints.__file__).resolve().parent / "static" / "ohif"
 SERVER_COOKIE = "MONAILABEL_SERVER_URL"  # read by the panel's settings (plugins/ohifv3, SettingsTable)
@@ -75,58 +76,79 @@ def api_viewer(request: Request, path: str, user: User = Depends(RBAC(settings.M
     return page
 
 
-def pacs_url(path: str) -> str:
-    """The PACS URL for the proxy path ``path`` (``wado/...``, ``qido/...``, ``stow/...`` or a bare DICOMweb path),
-    with the server's configured prefix of that service."""
-    if not settings.MONAI_LABEL_STUDIES.startswith(("http://", "https://")):
-        raise HTTPException(status_code=404, detail="this server's studies are not on a DICOMweb server")
-    parts = path.split("/")
-    if any(part in (".", "..") for part in parts):
-        raise HTTPException(status_code=400, detail=f"proxy path {path!r} has a '.' or '..' segment")
-    service, rest = (parts[0], "/".join(parts[1:])) if parts[0] in ("wado", "qido", "stow") else ("", path)
-    if service == "qido" and rest.endswith("metadata"):  # some OHIF versions ask QIDO for metadata, a WADO resource
-        service = "wado"
-    prefixes = {
-        "wado": settings.MONAI_LABEL_WADO_PREFIX,
-        "qido": settings.MONAI_LABEL_QIDO_PREFIX,
-        "stow": settings.MONAI_LABEL_STOW_PREFIX,
-    }
-    prefix = (prefixes.get(service) or "").strip("/")
-    return "/".join(filter(None, (settings.MONAI_LABEL_STUDIES.rstrip("/"), prefix, rest)))
+@dataclass(frozen=True)
+class PacsProxy:
+    """Where the proxy sends the viewer's DICOMweb requests.
 
+    Args:
+        studies: the DICOMweb root of the PACS (the server's ``--studies``); anything else (a folder) makes every
+            proxy request a 404.
+        prefixes: a path prefix per service (``wado``, ``qido``, ``stow``), as MONAI Label's settings give them.
+        auth: user name and password for the PACS, or None.
+        timeout: seconds to wait for the PACS.
+    """
 
-def forward(method: str, url: str, query: str, headers: dict[str, str], body: bytes | None) -> Response:
-    """One request to the PACS and its answer (status, body, content type); 502/504 naming the PACS when it cannot
-    be reached."""
-    auth = None
-    if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
-        auth = (settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD)
-    target = f"{url}?{query}" if query else url
-    try:
-        answer = requests.request(
-            method, target, headers=headers, data=body, auth=auth, timeout=settings.MONAI_LABEL_DICOMWEB_PROXY_TIMEOUT
+    studies: str
+    prefixes: dict[str, str | None] = field(default_factory=dict)
+    auth: tuple[str, str] | None = None
+    timeout: float = 30.0
+
+    @classmethod
+    def from_settings(cls, studies: str) -> "PacsProxy":
+        """The proxy MONAI Label's settings describe (prefixes, credentials, timeout), to ``studies``."""
+        user, password = settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD
+        return cls(
+            studies=studies,
+            prefixes={"wado": settings.MONAI_LABEL_WADO_PREFIX, "qido": settings.MONAI_LABEL_QIDO_PREFIX,
+                      "stow": settings.MONAI_LABEL_STOW_PREFIX},
+            auth=(user, password) if user and password else None,
+            timeout=settings.MONAI_LABEL_DICOMWEB_PROXY_TIMEOUT,
         )
-    except requests.Timeout:
-        raise HTTPException(status_code=504, detail=f"the PACS did not answer {method} {url} in time")
-    except requests.ConnectionError as error:
-        raise HTTPException(status_code=502, detail=f"cannot reach the PACS for {method} {url}: {error}")
-    kept = {name: answer.headers[name] for name in RESPONSE_HEADERS if name in answer.headers}
-    return Response(content=answer.content, status_code=answer.status_code, headers=kept)
+
+    def url(self, path: str) -> str:
+        """The PACS URL for the proxy path ``path`` (``wado/...``, ``qido/...``, ``stow/...`` or a bare DICOMweb
+        path), with that service's prefix."""
+        if not self.studies.startswith(("http://", "https://")):
+            raise HTTPException(status_code=404, detail="this server's studies are not on a DICOMweb server")
+        parts = path.split("/")
+        if any(part in (".", "..") for part in parts):
+            raise HTTPException(status_code=400, detail=f"proxy path {path!r} has a '.' or '..' segment")
+        service, rest = (parts[0], "/".join(parts[1:])) if parts[0] in ("wado", "qido", "stow") else ("", path)
+        if service == "qido" and rest.endswith("metadata"):  # some OHIF versions ask QIDO for metadata (WADO's)
+            service = "wado"
+        prefix = (self.prefixes.get(service) or "").strip("/")
+        return "/".join(filter(None, (self.studies.rstrip("/"), prefix, rest)))
+
+    def forward(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes | None) -> Response:
+        """One request to the PACS and its answer (status, body, content type); 502/504 naming the PACS when it
+        cannot be reached."""
+        url = self.url(path)
+        target = f"{url}?{query}" if query else url
+        try:
+            answer = requests.request(method, target, headers=headers, data=body, auth=self.auth, timeout=self.timeout)
+        except requests.Timeout:
+            raise HTTPException(status_code=504, detail=f"the PACS did not answer {method} {url} in time")
+        except requests.ConnectionError as error:
+            raise HTTPException(status_code=502, detail=f"cannot reach the PACS for {method} {url}: {error}")
+        kept = {name: answer.headers[name] for name in RESPONSE_HEADERS if name in answer.headers}
+        return Response(content=answer.content, status_code=answer.status_code, headers=kept)
 
 
 @router.api_route("/proxy/dicom/{path:path}", methods=["GET", "POST"])
 async def api_proxy(request: Request, path: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
     """The viewer's DICOMweb requests (QIDO, WADO, STOW), passed to the PACS with their query string and their
     ``Accept`` and ``Content-Type`` headers."""
-    url = pacs_url(path)
+    proxy: PacsProxy = request.app.state.pacs_proxy
     headers = {name: request.headers[name] for name in REQUEST_HEADERS if name in request.headers}
     body = await request.body() if request.method == "POST" else None
-    return await run_in_threadpool(forward, request.method, url, request.url.query, headers, body)
+    return await run_in_threadpool(proxy.forward, request.method, path, request.url.query, headers, body)
 
 
-def install(server: FastAPI) -> None:
+def install(server: FastAPI, proxy: PacsProxy) -> None:
     """Serve ``router``'s routes in ``server`` before MONAI Label's of the same paths (Starlette serves the first
-    route that matches a request), so MONAI Label's viewer and proxy routes are never reached."""
+    route that matches a request), so MONAI Label's viewer and proxy routes are never reached; the proxy sends to
+    ``proxy``."""
+    server.state.pacs_proxy = proxy
     if getattr(server.state, "segresmamba_viewer", False):
         return
     routes = server.router.routes
