@@ -11,14 +11,13 @@ MONAI Label 0.8.5 serves the viewer and a DICOMweb proxy for it, but three thing
   port 8000 of the page's host, not to the server that served the page;
 - files in sub-folders of the build (``assets/``, ``dicom-microscopy-viewer/``) are answered with ``index.html``.
 
-``router`` serves both routes in their place: the viewer's files (the page sets the cookie to this server's own
-address, so the panel connects to the server that served it) and a proxy that forwards ``Accept`` and
-``Content-Type`` and the query string, with a timeout, off the event loop.
+``router`` serves both routes in their place (``install``): the viewer's files (the page sets the cookie to this
+server's own address, so the panel connects to the server that served it) and a proxy to a ``PacsProxy`` that
+forwards ``Accept``, ``Content-Type`` and the query string, with a timeout, off the event loop.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -31,8 +30,6 @@ from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.utils.others.generic import get_mime_type
 from starlette.concurrency import run_in_threadpool
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["OHIF_DIR", "SERVER_COOKIE", "PacsProxy", "install", "router"]
 
