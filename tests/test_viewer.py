@@ -203,10 +203,17 @@ def test_viewer_segments_the_open_series_and_stores_a_dicom_seg(pacs_and_server,
     assert stow.value.status == 200, stow.value.text()
     segs = get_json(f"{orthanc.dicomweb_url}/series?Modality=SEG&StudyInstanceUID={stored['StudyInstanceUID']}")
     assert len(segs) == 1 and segs[0]["0008103E"]["Value"] == ["SegResMamba spleen"], segs
+    seg_series = segs[0]["0020000E"]["Value"][0]
+    seg = get_json(f"{orthanc.dicomweb_url}/studies/{stored['StudyInstanceUID']}/series/{seg_series}/metadata")[0]
+    assert seg["00081115"]["Value"][0]["0020000E"]["Value"] == [stored["SeriesInstanceUID"]]  # the segmented series
 
 
 def test_viewer_says_when_a_model_does_not_fit_the_series(pacs_and_server, page):
     orthanc, server, _, mr_study = pacs_and_server
+    page.goto(f"{server.url}/ohif/")  # the study list: both studies, each with its modality
+    page.wait_for_function("""() => { const lines = document.body.innerText.split(/\\s*\\n\\s*/);
+                                      return lines.includes('CT') && lines.includes('MR'); }""", timeout=120_000)
+    page.screenshot(path=page.shots / "0-study-list.png")
     open_study(page, server, mr_study)
     with page.expect_response(lambda r: f"/infer/{MODEL}" in r.url, timeout=60_000) as answer:
         page.locator('button[title="Run Segmentation"]').click()
