@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import logging
 import sys
-from pathlib import Path
 
 from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
@@ -31,11 +30,13 @@ from monailabel.tasks.activelearning.random import Random
 import custom_nets
 from custom_nets.bundle import bundles_folder, find_bundles
 from custom_nets.io.header import MAX_VOXELS
+from lib import viewer
 from lib.activelearning import MostUncertain
 from lib.datastore import CheckedDICOMWebDatastore, CheckedLocalDatastore, check_image, checked_id
 from lib.exposure import exposure_warning, served_host
 from lib.inference_queue import InferenceQueue
 from lib.infers import BundleSegmentation
+from lib.modality import check_modality
 from lib.scoring import ModelDice, TTAUncertainty
 from lib.trainers import BundleFineTune
 
@@ -96,7 +97,7 @@ class SegResMambaApp(MONAILabelApp):
 
         from lib.endpoints import install
 
-        install(server)
+        install(server, viewer.PacsProxy.from_settings(self.studies))  # OHIF at /ohif/ and its DICOMweb proxy too
         warning = exposure_warning(served_host(sys.argv), settings.MONAI_LABEL_SERVER_PORT, settings.MONAI_LABEL_AUTH_ENABLE)
         if warning:
             logger.warning(warning)
@@ -136,6 +137,7 @@ class SegResMambaApp(MONAILabelApp):
             uri = datastore.get_image_uri(image_id)
             if not uri:
                 raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
+            check_modality(task.bundle.name, task.bundle.metadata, datastore, image_id)
             check_image(uri, f"image {image_id!r}", self.max_voxels, finite=True)
             request["image"] = uri
         result_file, result_json = task(request)

@@ -152,6 +152,7 @@ INFER_OPTIONS: dict[str, Any] = {
     "save_label": Flag(),
     "label_tag": _choice("original"),  # an inference never overwrites the annotators' "final" labels
     "skip_writer": Flag(),
+    "restore_label_idx": Flag(),  # the OHIF panel always sends it
     "logging": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
     "client_id": TRAIN_OPTIONS["client_id"],
 }

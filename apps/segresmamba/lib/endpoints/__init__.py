@@ -14,18 +14,21 @@ from fastapi import FastAPI
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import get_current_user
 
+from lib import viewer
+
 from . import auth, datastore, infer, logs, model, train
 
 __all__ = ["install"]
 
-ROUTERS = (infer.router, train.router, model.router, datastore.router, logs.router)
+ROUTERS = (infer.router, train.router, model.router, datastore.router, logs.router, viewer.router)
 
 
-def install(server: FastAPI) -> None:
+def install(server: FastAPI, pacs_proxy: viewer.PacsProxy) -> None:
     """Serve this app's routes in ``server`` before MONAI Label's: the server's router tries its routes in order and
     serves the first that matches a request's method and path, so MONAI Label's routes of the same method and path
     are never reached; its other routes (downloads, status, ...) still are. Every route checks tokens with
-    ``auth.current_user``."""
+    ``auth.current_user``; the viewer's DICOMweb proxy sends to ``pacs_proxy``."""
+    server.state.pacs_proxy = pacs_proxy
     if getattr(server.state, "segresmamba_routes", False):
         return
     routes = server.router.routes
