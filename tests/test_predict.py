@@ -369,12 +369,14 @@ def test_command_line_with_a_small_segresmamba(tmp_path):
     (cases / "ct_dicom").symlink_to(DICOM, target_is_directory=True)
     command = [sys.executable, "-m", "custom_nets", "predict", "--bundle", str(bundle), "--input", str(cases),
                "--output", str(tmp_path / "out"), "--feature_size", "8", "--pixdim", "[8,8,8]",
-               "--patch_size", "[64,64,64]", "--sw_batch_size", "1", "--sw_overlap", "0"]  # fmt: skip
+               "--patch_size", "[64,64,64]", "--sw_batch_size", "1", "--sw_overlap", "0", "--statistics"]  # fmt: skip
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "3/3" in run.stderr  # the progress bar
+    assert "warn" not in run.stderr.lower()  # MONAI's warnings stay off the terminal without --verbose
     out = tmp_path / "out"
-    assert files_in(out) == ["brain_seg.nii.gz", "ct_dicom_seg.nii.gz", "ct_seg.nii.gz"]
+    assert files_in(out) == sorted(f"{name}_{kind}" for name in ("brain", "ct", "ct_dicom")
+                                   for kind in ("seg.nii.gz", "statistics.json"))  # fmt: skip
     in_input_order = ("brain_seg.nii.gz", "ct_seg.nii.gz", "ct_dicom_seg.nii.gz")
     assert run.stdout.split() == [str(out / name) for name in in_input_order]  # fire prints the returned list
 
@@ -392,6 +394,8 @@ def test_command_line_with_a_small_segresmamba(tmp_path):
         assert np.all((np.rint(voxel) >= 0) & (np.rint(voxel) < series.shape))
     for mask in (ct, brain, series):
         assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+    statistics = json.loads((out / "ct_statistics.json").read_text())
+    assert statistics["labels"]["spleen"]["voxels"] == int((np.asarray(ct.dataobj) == 1).sum())
 
 
 # ---------------------------------------------------------------------------------------------- options
