@@ -575,6 +575,7 @@ def test_bad_options_are_refused_and_leave_nothing(spleen_threshold_bundle, tmp_
          "--save_probabilities writes NIfTI maps and a DICOM SEG holds binary segments"),
         (dict(tta="yes"), "--tta is a switch"),
         (dict(statistics=2), "--statistics is a switch"),
+        (dict(weights=True), "--weights takes the path of a weights file, not True"),
         (dict(brats_regions=True), "--brats_regions: bundle spleen does not predict the BraTS regions"),
         (dict(bundle=str(no_activation), tta=True), "--tta needs probabilities, but .* does not start with a softmax"),
         (dict(bundle=str(no_activation), save_probabilities=True), "--save_probabilities needs probabilities"),

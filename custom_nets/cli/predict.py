@@ -128,6 +128,8 @@ def predict(
     switches = dict(save_probabilities=save_probabilities, tta=tta, statistics=statistics, preview=preview,
                     brats_regions=brats_regions, verbose=verbose)  # fmt: skip
     save_probabilities, tta, statistics, preview, brats_regions, verbose = (_switch(k, v) for k, v in switches.items())
+    if weights is not None and not isinstance(weights, (str, Path)):
+        raise InputError(f"--weights takes the path of a weights file, not {weights!r}")
     if save_probabilities and output_format == "dicom_seg":
         raise InputError(
             "--save_probabilities writes NIfTI maps and a DICOM SEG holds binary segments: use --output_format nifti"
