@@ -429,7 +429,8 @@ def test_weights_from_a_file_outside_the_bundle(weights_files, spleen_masks, tmp
     bundle, folder = weights_files
     reference = np.asarray(nib.load(spleen_masks["ct"]).dataobj)
     for name in ("plain", "checkpoint"):
-        (written,) = predict(str(bundle), str(CT), str(tmp_path / name), progress=False, weights=str(folder / f"{name}.pt"))
+        weights = str(folder / f"{name}.pt")
+        (written,) = predict(str(bundle), str(CT), str(tmp_path / name), progress=False, weights=weights)
         np.testing.assert_array_equal(np.asarray(nib.load(written).dataobj), reference)
     assert not (bundle / "models").exists()
 
