@@ -495,27 +495,33 @@ def test_probabilities_statistics_and_preview(spleen_threshold_bundle, tmp_path)
     assert spleen["volume_ml"] == pytest.approx(spleen["voxels"] * voxel_ml, rel=1e-5)
 
     png = matplotlib.image.imread(tmp_path / f"{CT_NAME}_preview.png")  # an independent PNG decoder
-    expected_png = overlay_slices(image.get_fdata(), mask)
+    canonical = (nib.as_closest_canonical(i) for i in (image, mask_file))  # RAS order, by nibabel
+    expected_png = overlay_slices(*(np.asarray(i.dataobj) for i in canonical))
     assert png.shape == expected_png.shape and png.shape[0] >= 256
     np.testing.assert_array_equal(np.rint(png[..., :3] * 255).astype(np.uint8), expected_png)
 
 
 def test_preview_slices_show_the_mask_in_place():
-    from custom_nets.io import overlay_slices
+    """Radiological view of RAS arrays: anterior up, the patient's right (low x) on the right of the picture."""
+    from custom_nets.io import overlay_slices, to_ras
     from custom_nets.io.preview import PALETTE
 
     image = np.zeros((6, 4, 5), np.float32)
-    image[..., :] = np.arange(6)[:, None, None]  # brighter to the right
+    image[..., :] = np.arange(6)[:, None, None]  # brighter towards the patient's right
     labels = np.zeros((6, 4, 5), np.uint8)
-    labels[1, 0, 2] = 2  # near the left, at the bottom, of the middle slice
+    labels[1, 0, 2] = 2  # on the patient's left, posterior, in the middle slice
     sheet = overlay_slices(image, labels, count=1, alpha=0.5, min_height=8)
     scale = 2
     assert sheet.shape == (4 * scale, (6 + 2) * scale, 3)
-    pixel = sheet[(4 - 1 - 0) * scale, (1 + 1) * scale]  # tile column 0 is padding, rows run upwards
+    pixel = sheet[(4 - 1 - 0) * scale, (6 - 1 - 1 + 1) * scale]  # bottom row; tile column 0 is padding
     grey = np.clip((1 - np.percentile(image, 0.5)) / (np.percentile(image, 99.5) - np.percentile(image, 0.5)), 0, 1)
     np.testing.assert_array_equal(pixel, np.round(0.5 * grey * 255 + 0.5 * PALETTE[1]).astype(np.uint8))
-    unlabelled = sheet[(4 - 1 - 0) * scale, (5 + 1) * scale]
+    unlabelled = sheet[(4 - 1 - 0) * scale, (6 - 1 - 4 + 1) * scale]
     assert len(set(unlabelled.tolist())) == 1  # grey
+
+    # an LPS-ordered array (DICOM through ITK) comes to RAS order with its first two axes reversed
+    lps = np.arange(24).reshape(2, 3, 4)
+    np.testing.assert_array_equal(to_ras(lps, np.diag([-1.0, -1.0, 1.0, 1.0])), lps[::-1, ::-1, :])
 
 
 def test_tta_averages_unflipped_probabilities():

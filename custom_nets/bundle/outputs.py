@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import mask_statistics, overlay_slices, write_nifti_probabilities, write_png, write_statistics
+from ..io import mask_statistics, overlay_slices, to_ras, write_nifti_probabilities, write_png, write_statistics
 from .brats import BRATS_LABELS, predicts_brats_regions, regions_to_labels
 from .bundle import Bundle
 from .inference import Prediction
@@ -71,7 +71,8 @@ class MaskOutputs:
             statistics = mask_statistics(mask, prediction.affine, self.label_names(mask))
             write_statistics({"image": image_name, **statistics}, targets["statistics"])
         if "preview" in targets:
-            write_png(overlay_slices(_first_channel(source), _label_map(mask)), targets["preview"])
+            image, labels = (to_ras(a, prediction.affine) for a in (_first_channel(source), _label_map(mask)))
+            write_png(overlay_slices(image, labels), targets["preview"])
 
 
 def _first_channel(source) -> np.ndarray:

@@ -105,8 +105,8 @@ def predict(
         tta: test-time augmentation: the mean of the probabilities over flips of each spatial axis (4 passes).
         statistics: also write ``<image name>_statistics.json``: voxel count and volume (ml, from the voxel
             spacing) per label of the mask.
-        preview: also write ``<image name>_preview.png``: three slices (across the last array axis, through the
-            mask) with the mask over the image.
+        preview: also write ``<image name>_preview.png``: three axial slices through the mask, with the mask over
+            the image, in the radiological view (anterior up, the patient's right on the left).
         brats_regions: a BraTS bundle writes the BraTS label map (1 necrotic core, 2 edema, 4 enhancing tumour,
             as the label app); this writes its three regions TC, WT, ET as channels instead.
         verbose: show MONAI's warnings and log messages.

@@ -9,7 +9,7 @@ from .errors import InputError
 from .header import ImageHeader, read_dicom_headers, read_header
 from .inputs import IMAGE_SUFFIXES, ImageInput, find_inputs, is_dicom_file
 from .nifti import write_nifti_mask, write_nifti_probabilities
-from .preview import overlay_slices, write_png
+from .preview import overlay_slices, to_ras, write_png
 from .statistics import mask_statistics, write_statistics
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "mask_statistics",
     "overlay_slices",
     "read_case_header",
+    "to_ras",
     "write_nifti_probabilities",
     "write_png",
     "write_statistics",

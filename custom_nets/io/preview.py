@@ -10,7 +10,7 @@ import numpy as np
 
 from .atomic import atomic_output
 
-__all__ = ["PALETTE", "overlay_slices", "write_png"]
+__all__ = ["PALETTE", "overlay_slices", "to_ras", "write_png"]
 
 # label colours (RGB), cycled for label values 1, 2, ...
 PALETTE = np.array(
@@ -47,6 +47,14 @@ def write_png(rgb: np.ndarray, path: str | Path) -> Path:
     return path
 
 
+def to_ras(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``volume`` (spatial axes first) with its axes permuted and flipped to RAS order (first axis from the patient's
+    left to right, second posterior to anterior, third inferior to superior), by its voxel-to-RAS ``affine``."""
+    import nibabel as nib
+
+    return nib.orientations.apply_orientation(volume, nib.orientations.io_orientation(affine))
+
+
 def _slice_indices(labels: np.ndarray, count: int) -> list[int]:
     """``count`` slices along the last axis: spread over the labelled slices, or over the volume if none."""
     depth = labels.shape[-1]
@@ -59,9 +67,9 @@ def _slice_indices(labels: np.ndarray, count: int) -> list[int]:
 def overlay_slices(
     image: np.ndarray, labels: np.ndarray, count: int = 3, alpha: float = 0.5, min_height: int = 256
 ) -> np.ndarray:
-    """Slices across the last axis of ``image`` (grey, windowed to its 0.5-99.5 percentiles) with ``labels``
-    coloured over it (``PALETTE``), side by side. Each slice is shown with its first array axis across and the
-    second up, as a RAS-stored axial slice is seen from the feet; small images are enlarged by a whole factor
+    """Axial slices of ``image`` (grey, windowed to its 0.5-99.5 percentiles) with ``labels`` coloured over it
+    (``PALETTE``), side by side. The arrays are in RAS order (``to_ras``); each slice is shown as radiologists view
+    it, from the feet: anterior up, the patient's right on the left. Small images are enlarged by a whole factor
     ``s`` (each voxel an ``s x s`` block) to at least ``min_height`` pixels.
 
     Shapes:
@@ -79,7 +87,7 @@ def overlay_slices(
         label = labels[..., z].astype(np.int64)
         on = label > 0
         rgb[on] = (1 - alpha) * rgb[on] + alpha * PALETTE[(label[on] - 1) % len(PALETTE)]
-        tile = np.flip(np.transpose(rgb, (1, 0, 2)), axis=0)  # rows: second axis, upwards
+        tile = np.flip(np.transpose(rgb, (1, 0, 2)), axis=(0, 1))  # rows: anterior up; columns: right to left
         tiles.append(np.pad(tile, ((0, 0), (1, 1), (0, 0))))
     scale = max(1, -(-min_height // image.shape[1]))
     sheet = np.concatenate(tiles, axis=1).round().astype(np.uint8)
