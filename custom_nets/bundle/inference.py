@@ -93,9 +93,6 @@ class Prediction:
     affine: Any
     probabilities: Any = None
 
-    def __iter__(self):  # ``mask, affine = pipeline(...)``
-        return iter((self.mask, self.affine))
-
 
 class InferencePipeline:
     """A bundle's own inference steps: its ``preprocessing``, ``network_def`` with ``models/model.pt``, ``inferer``
@@ -236,7 +233,7 @@ class InferencePipeline:
         Returns:
             the postprocessed prediction ``(C, X, Y, Z)`` as a numpy array (a label map when ``C == 1``), its 4x4
             voxel-to-RAS-world affine (the input image's grid when the postprocessing inverts the preprocessing, as
-            Model Zoo bundles do), and the probabilities when asked for. Unpacks as ``mask, affine``.
+            Model Zoo bundles do), and the probabilities when asked for.
 
         Raises:
             InputError: ``tta`` or ``probabilities`` where the bundle has none (see ``check_probabilities``), or a
