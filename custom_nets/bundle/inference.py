@@ -137,9 +137,10 @@ class InferencePipeline:
         # probabilities can be averaged over flips and saved on the input grid.
         first = transforms[0] if transforms else None
         flags = {}
-        if isinstance(first, Activationsd) and bundle.output_key in first.keys and first.other[0] is None:
+        if isinstance(first, Activationsd) and bundle.output_key in first.keys:
             index = list(first.keys).index(bundle.output_key)
-            flags = {"softmax": first.softmax[index], "sigmoid": first.sigmoid[index]}
+            if first.other[index] is None:
+                flags = {"softmax": first.softmax[index], "sigmoid": first.sigmoid[index]}
         self.activation_kind = next((kind for kind, on in flags.items() if on), None)
         rest = transforms[1:] if self.activation_kind else transforms
         split = next((i for i, t in enumerate(rest) if isinstance(t, AsDiscreted)), None)
@@ -157,14 +158,9 @@ class InferencePipeline:
             raise InputError(f"weights {weights} do not fit the bundle's network_def: {reason[:300]}") from None
         self.network.to(device).eval()
 
-    @property
-    def has_probabilities(self) -> bool:
-        """Whether the postprocessing starts with a softmax or sigmoid and discretises later (``AsDiscreted``), so
-        that probabilities exist between the two."""
-        return self.activation_kind is not None and self._discretise is not None
-
     def check_probabilities(self, why: str) -> None:
-        """Refuse ``why`` (e.g. ``"--tta"``) when the bundle has no probabilities (see ``has_probabilities``).
+        """Refuse ``why`` (e.g. ``"--tta"``) unless the postprocessing starts with a softmax or sigmoid and later
+        discretises (``AsDiscreted``): then probabilities exist between the two.
 
         Raises:
             InputError: naming what the postprocessing lacks.
