@@ -4,7 +4,8 @@ Commands:
     summary   parameters and MACs per part for the paper's three settings
     overfit   fit a small SegResMamba to a crop of the shipped CT (a wiring sanity check)
     demo      the main job on the shipped CT
-    predict   segment NIfTI, NRRD or DICOM series with a bundle's weights
+    predict   segment NIfTI, NRRD, DICOM series or BraTS case folders with a bundle (or --weights); --tta,
+              --save_probabilities, --statistics, --preview (see `python -m custom_nets predict --help`)
 """
 
 from __future__ import annotations

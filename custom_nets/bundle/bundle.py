@@ -91,6 +91,13 @@ class Bundle:
         return int(self._data_format("inputs")[self.input_key].get("num_channels", 1))
 
     @property
+    def input_channel_names(self) -> tuple[str, ...]:
+        """Names of the input channels in the network's order, as the metadata gives them (e.g. BraTS: FLAIR, T1,
+        T1ce, T2); empty where the metadata names none."""
+        names = self._data_format("inputs")[self.input_key].get("channel_def", {})
+        return tuple(str(names[k]) for k in sorted(names, key=int))
+
+    @property
     def channel_def(self) -> dict[str, str]:
         """Class names of the prediction as the metadata gives them, by label value (one-channel label map) or by
         channel."""

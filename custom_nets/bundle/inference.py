@@ -7,14 +7,17 @@ The bundle's ``configs/inference.json`` (or ``.yaml``) defines the ids ``network
 from __future__ import annotations
 
 import logging
+import pickle
 import warnings
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..io import InputError
 from .bundle import Bundle, checked_overrides
 
-__all__ = ["InferencePipeline", "resolve_device"]
+__all__ = ["InferencePipeline", "Prediction", "load_state_dict", "resolve_device"]
 
 
 def resolve_device(device: str = "auto"):
@@ -48,6 +51,49 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
+def load_state_dict(path: str | Path) -> dict:
+    """The state dict in a weights file: a plain state dict (``models/model.pt``, a demo's or the label app's
+    training result) or a training checkpoint holding one under ``"model"``. Loaded with ``weights_only=True``.
+
+    Raises:
+        InputError: the file is missing, not a PyTorch file, or holds no state dict.
+    """
+    import torch
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not a PyTorch weights file ({_first_line(e)[:200]})") from None
+    except Exception as e:  # torch raises RuntimeError and others for damaged or foreign files
+        raise InputError(f"cannot load weights {path}: {_first_line(e)[:200]}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a training checkpoint (model, optimizer, scheduler, ...)
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(
+            f"{path} holds no state dict (a mapping of parameter names to tensors, or a checkpoint with one under "
+            "'model')"
+        )
+    return state
+
+
+@dataclass
+class Prediction:
+    """One image's result, on the input image's grid.
+
+    Attributes:
+        mask: ``(C, X, Y, Z)``: a label map when ``C == 1``, else one binary mask per channel.
+        affine: 4x4 voxel-to-RAS-world affine.
+        probabilities: ``(C_out, X, Y, Z)`` float32 softmax or sigmoid maps when asked for, else None.
+    """
+
+    mask: Any
+    affine: Any
+    probabilities: Any = None
+
+
 class InferencePipeline:
     """A bundle's own inference steps: its ``preprocessing``, ``network_def`` with ``models/model.pt``, ``inferer``
     and ``postprocessing``, without the postprocessing's savers (the caller writes the result).
@@ -57,14 +103,16 @@ class InferencePipeline:
         device: where the network runs.
         overrides: plain settings of the config to replace (e.g. ``{"sw_batch_size": 2}``; see
             ``checked_overrides``).
+        weights: a weights file to use instead of the bundle's ``models/model.pt`` (see ``load_state_dict``).
     """
 
-    def __init__(self, bundle: Bundle, device, overrides: dict[str, Any] | None = None) -> None:
-        import torch
-        from monai.transforms import Compose, SaveImage, SaveImaged
+    def __init__(
+        self, bundle: Bundle, device, overrides: dict[str, Any] | None = None, weights: str | Path | None = None
+    ) -> None:
+        from monai.transforms import Activationsd, AsDiscreted, Compose, SaveImage, SaveImaged
 
         self.bundle, self.device = bundle, device
-        weights = bundle.check_weights()
+        weights = bundle.check_weights() if weights is None else Path(weights).expanduser()
         config = bundle.config_file("inference")
         parser = bundle.parser("inference")
         if "device" in parser:
@@ -83,12 +131,24 @@ class InferencePipeline:
         except Exception as e:
             raise InputError(f"bundle {bundle.name}: cannot build {config.name}: {_first_line(e)}") from None
         transforms = postprocessing.transforms if isinstance(postprocessing, Compose) else (postprocessing,)
-        self.postprocessing = Compose([t for t in transforms if not isinstance(t, (SaveImage, SaveImaged))])
+        transforms = [t for t in transforms if not isinstance(t, (SaveImage, SaveImaged))]
+        self.postprocessing = Compose(transforms)
+        # Model Zoo postprocessing: activation, back to the input grid (Invertd), discretisation. Split so that the
+        # probabilities can be averaged over flips and saved on the input grid.
+        first = transforms[0] if transforms else None
+        flags = {}
+        if isinstance(first, Activationsd) and bundle.output_key in first.keys:
+            index = list(first.keys).index(bundle.output_key)
+            if first.other[index] is None:
+                flags = {"softmax": first.softmax[index], "sigmoid": first.sigmoid[index]}
+        self.activation_kind = next((kind for kind, on in flags.items() if on), None)
+        rest = transforms[1:] if self.activation_kind else transforms
+        split = next((i for i, t in enumerate(rest) if isinstance(t, AsDiscreted)), None)
+        self._activation = first if self.activation_kind else None
+        self._to_grid = Compose(rest[:split]) if split is not None else None
+        self._discretise = Compose(rest[split:]) if split is not None else None
 
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise InputError(f"cannot load weights {weights}: {_first_line(e)}") from None
+        state = load_state_dict(weights)
         try:
             self.network.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as e:
@@ -98,11 +158,35 @@ class InferencePipeline:
             raise InputError(f"weights {weights} do not fit the bundle's network_def: {reason[:300]}") from None
         self.network.to(device).eval()
 
-    def preprocess(self, source: str | Path, spatial_shape: tuple[int, ...] | None = None) -> dict:
-        """Load and preprocess one image (a file, or a DICOM series folder) with the bundle's preprocessing.
+    def check_probabilities(self, why: str) -> None:
+        """Refuse ``why`` (e.g. ``"--tta"``) unless the postprocessing starts with a softmax or sigmoid and later
+        discretises (``AsDiscreted``): then probabilities exist between the two.
+
+        Raises:
+            InputError: naming what the postprocessing lacks.
+        """
+        if self.activation_kind is None:
+            raise InputError(
+                f"{why} needs probabilities, but bundle {self.bundle.name}'s postprocessing does not start with a "
+                "softmax or sigmoid (Activationsd)"
+            )
+        if self._discretise is None:
+            raise InputError(
+                f"{why} needs probabilities, but bundle {self.bundle.name}'s postprocessing has no AsDiscreted step: "
+                "its output is not a mask made from them"
+            )
+
+    def set_window_progress(self, show: bool) -> None:
+        """Show a progress bar over the sliding windows of each image (when the inferer is a sliding window)."""
+        if hasattr(self.inferer, "progress"):
+            self.inferer.progress = bool(show)
+
+    def preprocess(self, source, spatial_shape: tuple[int, ...] | None = None) -> dict:
+        """Load and preprocess one image (a file, a DICOM series folder, or a list of single-channel files stacked
+        as the channels) with the bundle's preprocessing.
 
         Args:
-            source: the image.
+            source: the image, or its channels' files in the bundle's channel order.
             spatial_shape: the size its header gives, if known: a loaded image of another size is refused (a
                 series reader skips a damaged DICOM slice with a mere warning).
 
@@ -113,8 +197,9 @@ class InferencePipeline:
         from monai.utils import MetaKeys
 
         key = self.bundle.input_key
+        loadable = [str(s) for s in source] if isinstance(source, (list, tuple)) else str(source)
         try:
-            data = self.preprocessing({key: str(source)})
+            data = self.preprocessing({key: loadable})
         except Exception as e:
             raise InputError(f"cannot load {source}: {_first_line(_root_cause(e))}") from None
         image = data[key]
@@ -131,28 +216,59 @@ class InferencePipeline:
             )
         return data
 
-    def __call__(self, source: str | Path, spatial_shape: tuple[int, ...] | None = None):
-        """Segment one image (``spatial_shape``: see ``preprocess``).
+    def __call__(
+        self, source, spatial_shape: tuple[int, ...] | None = None, tta: bool = False, probabilities: bool = False
+    ) -> Prediction:
+        """Segment one image (``source``, ``spatial_shape``: see ``preprocess``).
+
+        Args:
+            tta: average the probabilities over flips of each spatial axis (``flip_averaged``) before the mask is
+                made from them.
+            probabilities: also return the probabilities on the input grid.
 
         Returns:
-            ``(mask, affine)``: the postprocessed prediction ``(C, X, Y, Z)`` as a numpy array (a label map when
-            ``C == 1``) and its 4x4 voxel-to-RAS-world affine (the input image's grid when the postprocessing
-            inverts the preprocessing, as Model Zoo bundles do).
+            the postprocessed prediction ``(C, X, Y, Z)`` as a numpy array (a label map when ``C == 1``), its 4x4
+            voxel-to-RAS-world affine (the input image's grid when the postprocessing inverts the preprocessing, as
+            Model Zoo bundles do), and the probabilities when asked for.
+
+        Raises:
+            InputError: ``tta`` or ``probabilities`` where the bundle has none (see ``check_probabilities``), or a
+                bad image.
         """
         import numpy as np
         import torch
         from monai.data import MetaTensor
         from monai.utils import MetaKeys, SpaceKeys
 
+        from .tta import FLIPS, flip_averaged
+
+        if tta:
+            self.check_probabilities("--tta")
+        if probabilities:
+            self.check_probabilities("--save_probabilities")
         data = self.preprocess(source, spatial_shape)
+        key = self.bundle.output_key
+        saved = None
         with torch.no_grad():
             batch = data[self.bundle.input_key].unsqueeze(0).to(self.device)
-            data[self.bundle.output_key] = self.inferer(batch, self.network)[0]
-            data = self.postprocessing(data)
-        pred = data[self.bundle.output_key]
+            if not (tta or probabilities):
+                data[key] = self.inferer(batch, self.network)[0]
+                data = self.postprocessing(data)
+            else:
+                data[key] = flip_averaged(
+                    lambda x: self.inferer(x, self.network),
+                    batch,
+                    lambda logits: self._activation({key: logits[0]})[key][None],
+                    FLIPS if tta else ((),),
+                )[0]
+                data = self._to_grid(data)
+                if probabilities:
+                    saved = data[key].detach().cpu().numpy().astype(np.float32)
+                data = self._discretise(data)
+        pred = data[key]
         if not isinstance(pred, MetaTensor):
             raise RuntimeError(f"bundle {self.bundle.name}: its postprocessing dropped the image geometry")
         affine = pred.affine.detach().cpu().numpy().astype(np.float64)
         if pred.meta.get(MetaKeys.SPACE, SpaceKeys.RAS) == SpaceKeys.LPS:
             affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
-        return pred.detach().cpu().numpy(), affine
+        return Prediction(pred.detach().cpu().numpy(), affine, saved)

@@ -8,7 +8,7 @@ import numpy as np
 
 from .atomic import atomic_output
 
-__all__ = ["label_dtype", "write_nifti_mask"]
+__all__ = ["label_dtype", "write_nifti_mask", "write_nifti_probabilities"]
 
 
 def label_dtype(mask: np.ndarray) -> np.dtype:
@@ -44,5 +44,27 @@ def write_nifti_mask(mask: np.ndarray, affine: np.ndarray, path: str | Path) -> 
     path = Path(path)
     suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
     with atomic_output(path, suffix=suffix) as temporary:
+        nib.save(image, temporary)
+    return path
+
+
+def write_nifti_probabilities(probabilities: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
+    """Write probability maps to ``path`` (``.nii.gz`` or ``.nii``) atomically, as float32.
+
+    Args:
+        probabilities: ``(C, X, Y, Z)``, one map per output channel of the network, written 4D ``(X, Y, Z, C)``.
+        affine: 4x4, voxel indices -> RAS world millimetres.
+        path: the output file.
+    """
+    import nibabel as nib
+
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    if probabilities.ndim != 4:
+        raise ValueError(f"probabilities must be (C, X, Y, Z), got shape {probabilities.shape}")
+    image = nib.Nifti1Image(np.ascontiguousarray(np.moveaxis(probabilities, 0, -1)), affine)
+    image.header.set_qform(affine, code=1)
+    image.header.set_sform(affine, code=1)
+    path = Path(path)
+    with atomic_output(path, suffix=".nii.gz" if path.name.endswith(".gz") else ".nii") as temporary:
         nib.save(image, temporary)
     return path

@@ -6,13 +6,14 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-# BraTS label values (2021 convention): what annotators paint and what the bundle's training converts to regions.
-BRATS_LABELS = {"necrotic tumour core": 1, "peritumoral edema": 2, "enhancing tumour": 4}
-BRATS_REGIONS = ("tumour core (TC)", "whole tumour (WT)", "enhancing tumour (ET)")
+from custom_nets.bundle.brats import BRATS_LABELS, BRATS_REGIONS, regions_to_labels
+
+__all__ = ["BRATS_LABELS", "BRATS_REGIONS", "BratsRegionsToLabelsd"]
 
 
 class BratsRegionsToLabelsd(MapTransform):
-    """(3, x, y, z) binary TC, WT, ET regions -> (x, y, z) BraTS labels: ET 4, TC without ET 1, WT without TC 2."""
+    """(3, x, y, z) binary TC, WT, ET regions -> (x, y, z) BraTS labels: ET 4, TC without ET 1, WT without TC 2
+    (``regions_to_labels``, as ``segresmamba predict`` writes them)."""
 
     def __init__(self, keys: KeysCollection):
         super().__init__(keys)
@@ -20,10 +21,5 @@ class BratsRegionsToLabelsd(MapTransform):
     def __call__(self, data):
         d = dict(data)
         for key in self.key_iterator(d):
-            tc, wt, et = (d[key][i] > 0 for i in range(3))
-            labels = torch.zeros_like(d[key][0], dtype=torch.uint8)
-            labels[wt] = BRATS_LABELS["peritumoral edema"]
-            labels[tc] = BRATS_LABELS["necrotic tumour core"]
-            labels[et] = BRATS_LABELS["enhancing tumour"]
-            d[key] = labels
+            d[key] = regions_to_labels(d[key]).to(dtype=torch.uint8)
         return d
