@@ -1,5 +1,6 @@
 """Ignite handlers for SegResMamba bundles."""
 
+from .checkpoint_saver import AtomicCheckpointSaver, AtomicDiskSaver
 from .energy import EnergyReport
 
-__all__ = ["EnergyReport"]
+__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "EnergyReport"]
