@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -24,8 +26,13 @@ from custom_nets import SegResMamba
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 SCHEMA = ROOT / "data" / "schemas" / "meta_schema_20240725.json"
-NAMES = ("spleen_ct_segresmamba", "brats21_mri_segresmamba", "btcv_ct_segresmamba")
+FULL = ("spleen_ct_segresmamba", "brats21_mri_segresmamba", "btcv_ct_segresmamba")
+# the fast CT variants: the full bundle's configs at 3 mm with a narrow network
+FAST = {"spleen_ct_segresmamba_fast": "spleen_ct_segresmamba", "btcv_ct_segresmamba_fast": "btcv_ct_segresmamba"}
+FAST_SETTINGS = {"feature_size", "patch_size", "pixdim", "learning_rate", "num_samples"}
+NAMES = FULL + tuple(FAST)
 CHANNELS = {"spleen_ct_segresmamba": (1, 2), "brats21_mri_segresmamba": (4, 3), "btcv_ct_segresmamba": (1, 14)}
+CHANNELS.update({fast: CHANNELS[full] for fast, full in FAST.items()})
 # Tiny runs: the smallest network, one training patch per case, one sliding window per volume (the network pads
 # every input to 64^3 at least, so smaller patches would not be faster).
 TINY = {"feature_size": 8, "patch_size": [64, 64, 64], "num_workers": 0, "sw_batch_size": 1}
@@ -62,22 +69,61 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Comple
     return done
 
 
-def load_trained(name: str, checkpoint: Path) -> SegResMamba:
+def load_trained(name: str, checkpoint: Path, feature_size: int = 8) -> SegResMamba:
     """The checkpoint is a plain state dict of the bare network (no DDP prefix), loadable with weights_only."""
     in_channels, out_channels = CHANNELS[name]
-    network = SegResMamba(in_channels=in_channels, out_channels=out_channels, feature_size=8)
+    network = SegResMamba(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size)
     network.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     return network
 
 
-def check_outputs(name: str, bundle_root: Path, dataset_dir: Path, test_images: list[str]) -> None:
-    models = bundle_root / "models"
-    assert sorted(p.name for p in models.iterdir()) == ["model.pt"]  # no temporary file left behind
-    load_trained(name, models / "model.pt")
-    energy = json.loads((bundle_root / "eval" / "energy.json").read_text())  # written when training completes
+def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """The TensorBoard scalars written under ``log_dir``, by tag."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def check_training_outputs(name: str, bundle_root: Path, epochs: int, feature_size: int = 8) -> dict:
+    """The best model, the training checkpoint, TensorBoard events, curves and energy report of a finished run;
+    returns the training checkpoint."""
+    models, output = bundle_root / "models", bundle_root / "eval"
+    assert sorted(p.name for p in models.iterdir()) == ["checkpoint.pt", "model.pt"]  # no temporary file left
+    trained = load_trained(name, models / "model.pt", feature_size)
+    checkpoint = torch.load(models / "checkpoint.pt", map_location="cpu", weights_only=True)
+    expected = {"model", "optimizer", "trainer", "best_model", "curves"}
+    expected |= {"lr_scheduler"} if name.startswith("brats21") else set()
+    assert set(checkpoint) == expected
+    trainer = checkpoint["trainer"]
+    assert trainer["iteration"] == epochs * trainer["epoch_length"] and trainer["max_epochs"] == epochs
+    assert checkpoint["model"].keys() == trained.state_dict().keys()
+    energy = json.loads((output / "energy.json").read_text())  # written when training completes
     assert energy["energy_kwh"] > 0 and energy["co2_kg"] > 0 and energy["seconds"] > 0
+    curves = (output / "curves.csv").read_text().splitlines()
+    assert curves[0] == "epoch,loss,val_mean_dice" and [int(r.split(",")[0]) for r in curves[1:]] == list(range(1, epochs + 1))
+    assert (output / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    logged = scalars(output)
+    assert len(logged["train_loss"]) == epochs * trainer["epoch_length"]
+    assert [step for step, _ in logged["val_mean_dice"]] == list(range(1, epochs + 1))
+    dice_in_csv = [float(r.split(",")[2]) for r in curves[1:]]
+    np.testing.assert_allclose([value for _, value in logged["val_mean_dice"]], dice_in_csv, rtol=1e-5)
+    return checkpoint
+
+
+def check_evaluation_outputs(bundle_root: Path, dataset_dir: Path, num_val_cases: int) -> None:
+    """Evaluation: the mean Dice and one row per validation case (MetricsSaver, as the Model Zoo's evaluate)."""
     metrics = (bundle_root / "eval" / "metrics.csv").read_text()
     assert metrics.startswith("val_mean_dice,") and float(metrics.splitlines()[0].split(",")[1]) >= 0
+    per_case = (bundle_root / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert per_case[0].startswith("filename,class0")
+    files = [Path(row.split(",")[0]) for row in per_case[1:]]
+    assert len(set(files)) == num_val_cases and all(f.is_file() and dataset_dir in f.parents for f in files)
+    assert all(0 <= float(row.split(",")[-1]) <= 1 for row in per_case[1:])
+
+
+def check_masks(name: str, bundle_root: Path, test_images: list[str]) -> None:
     out_channels = CHANNELS[name][1]
     for image in test_images:
         reference = nib.load(image)
@@ -99,6 +145,33 @@ def test_metadata_validates_against_schema(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_metadata_declares_the_packages_it_runs_with(name):
+    """``required_packages_version`` names this package at its version, and each pin is what the tests run with."""
+    from importlib.metadata import version
+
+    import custom_nets
+
+    required = json.loads(Path(configs(name, "metadata.json")[0]).read_text())["required_packages_version"]
+    assert required["segresmamba"] == custom_nets.__version__
+    assert {"nibabel", "pytorch-ignite", "tensorboard"} <= set(required)
+    assert {package: version(package) for package in required} == required
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_large_files_list_reads_as_the_zoo_reads_it(name):
+    """The zoo's CI and ``monai.bundle download_large_files`` read ``large_files.yml``: a list, with no fake URL."""
+    from monai.bundle import ConfigParser, download_large_files
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / name / "large_files.yml"))
+    entries = parser.get()["large_files"]
+    assert isinstance(entries, list)
+    for entry in entries:  # when weights are released: a real https URL to a file under models/
+        assert entry["path"].startswith("models/") and entry["url"].startswith("https://"), entry
+    download_large_files(bundle_path=str(BUNDLES / name))  # nothing to fetch, and no error
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_verify_net_in_out(name):
     from monai.bundle import verify_net_in_out
 
@@ -110,54 +183,145 @@ def test_verify_net_in_out(name):
 
 
 def test_spleen_cli_train_evaluate_infer(datasets, tmp_path):
+    """``run`` (default id) for training, ``run evaluating`` for evaluation and inference."""
     name = "spleen_ct_segresmamba"
     bundle_root = tmp_path / "spleen_run"
     common = {"bundle_root": bundle_root, "dataset_dir": datasets[name], **TINY}
     run = [sys.executable, "-m", "monai.bundle", "run"]
     train = configs(name, "train.json")[0]
     run_cli(run + ["--config_file", train] + cli_args({**common, **TRAIN, **SPLIT[name]}), tmp_path)
+    check_training_outputs(name, bundle_root, epochs=1)
     evaluate = str(configs(name, "train.json", "evaluate.json")).replace(" ", "")
-    run_cli(run + ["--config_file", evaluate] + cli_args({**common, **SPLIT[name]}), tmp_path)
-    run_cli(run + ["--config_file", configs(name, "inference.json")[0]] + cli_args(common), tmp_path)
-    test_images = [str(datasets[name] / "imagesTs" / "spleen_3.nii.gz")]
-    check_outputs(name, bundle_root, datasets[name], test_images)
+    run_cli(run + ["evaluating", "--config_file", evaluate] + cli_args({**common, **SPLIT[name]}), tmp_path)
+    check_evaluation_outputs(bundle_root, datasets[name], num_val_cases=1)
+    run_cli(run + ["evaluating", "--config_file", configs(name, "inference.json")[0]] + cli_args(common), tmp_path)
+    check_masks(name, bundle_root, [str(datasets[name] / "imagesTs" / "spleen_3.nii.gz")])
 
 
-@pytest.mark.parametrize("name", ["brats21_mri_segresmamba", "btcv_ct_segresmamba"])
+@pytest.mark.parametrize("name", ["brats21_mri_segresmamba", "btcv_ct_segresmamba", *FAST])
 def test_train_evaluate_infer(name, datasets, tmp_path, monkeypatch):
+    """``run training`` for training, ``run evaluating`` for evaluation and inference. The fast bundles run with
+    their own network and spacing."""
     from monai.bundle import run
 
     monkeypatch.chdir(tmp_path)
+    layout = FAST.get(name, name)
     bundle_root = tmp_path / "run"
-    common = {"bundle_root": str(bundle_root), "dataset_dir": str(datasets[name]), **TINY}
-    train = {**TRAIN, "max_steps": 1} if name == "btcv_ct_segresmamba" else TRAIN
-    if name == "btcv_ct_segresmamba":
+    settings = {"num_workers": 0, "sw_batch_size": 1} if name in FAST else TINY
+    common = {"bundle_root": str(bundle_root), "dataset_dir": str(datasets[layout]), **settings}
+    train = {**TRAIN, "max_steps": 1} if layout == "btcv_ct_segresmamba" else TRAIN
+    if layout == "btcv_ct_segresmamba":
         train.pop("epochs")  # derived from max_steps
-    run(config_file=configs(name, "train.json"), **common, **train, **SPLIT[name])
-    run(config_file=configs(name, "train.json", "evaluate.json"), **common, **SPLIT[name])
-    run(config_file=configs(name, "inference.json"), **common)
-    if name == "brats21_mri_segresmamba":
-        test_images = sorted(str(p) for p in datasets[name].glob("*/*_flair.nii.gz"))
+    run("training", config_file=configs(name, "train.json"), **common, **train, **SPLIT[layout])
+    feature_size = json.loads(Path(configs(name, "train.json")[0]).read_text())["feature_size"] if name in FAST else 8
+    check_training_outputs(name, bundle_root, epochs=1, feature_size=feature_size)
+    run("evaluating", config_file=configs(name, "train.json", "evaluate.json"), **common, **SPLIT[layout])
+    check_evaluation_outputs(bundle_root, datasets[layout], num_val_cases=1)
+    run("evaluating", config_file=configs(name, "inference.json"), **common)
+    if layout == "brats21_mri_segresmamba":
+        test_images = sorted(str(p) for p in datasets[layout].glob("*/*_flair.nii.gz"))
+    elif layout == "btcv_ct_segresmamba":
+        test_images = sorted(str(p) for p in (datasets[layout] / "img").glob("*.nii.gz"))
     else:
-        test_images = sorted(str(p) for p in (datasets[name] / "img").glob("*.nii.gz"))
-    check_outputs(name, bundle_root, datasets[name], test_images)
+        test_images = [str(datasets[layout] / "imagesTs" / "spleen_3.nii.gz")]
+    check_masks(name, bundle_root, test_images)
 
 
-def test_multi_gpu_train_runs_ddp_on_cpu_with_gloo(datasets, tmp_path):
+@pytest.mark.parametrize("fast", FAST)
+def test_fast_bundle_is_the_full_bundle_with_its_settings(fast):
+    """Same workflow: every config key but the fast settings equals the full bundle's; the settings are narrower."""
+    full = FAST[fast]
+    files = sorted(p.name for p in (BUNDLES / fast / "configs").iterdir())
+    assert files == sorted(p.name for p in (BUNDLES / full / "configs").iterdir())
+    for file in files:
+        if file == "metadata.json":
+            continue
+        ours, theirs = (BUNDLES / fast / "configs" / file, BUNDLES / full / "configs" / file)
+        if not file.endswith(".json"):
+            assert ours.read_text() == theirs.read_text(), file
+            continue
+        ours, theirs = json.loads(ours.read_text()), json.loads(theirs.read_text())
+        assert ours.keys() == theirs.keys(), file
+        differing = {key for key in ours if ours[key] != theirs[key]}
+        assert differing <= FAST_SETTINGS, f"{fast}/configs/{file}: {differing - FAST_SETTINGS} differ from {full}"
+    ours = json.loads((BUNDLES / fast / "configs" / "train.json").read_text())
+    theirs = json.loads((BUNDLES / full / "configs" / "train.json").read_text())
+    assert ours["pixdim"] == [3.0, 3.0, 3.0] and ours["feature_size"] < theirs["feature_size"]
+    fast_meta, full_meta = (json.loads((BUNDLES / b / "configs" / "metadata.json").read_text()) for b in (fast, full))
+    assert fast_meta["network_data_format"] == full_meta["network_data_format"]
+    assert fast_meta["required_packages_version"] == full_meta["required_packages_version"]
+    assert (BUNDLES / fast / "LICENSE").read_text() == (BUNDLES / full / "LICENSE").read_text()
+
+
+def test_multi_gpu_train_and_evaluate_run_ddp_on_cpu_with_gloo(datasets, tmp_path):
     name = "spleen_ct_segresmamba"
     bundle_root = tmp_path / "ddp_run"
-    torchrun = str(Path(sys.executable).with_name("torchrun"))
-    merged = str(configs(name, "train.json", "multi_gpu_train.json")).replace(" ", "")
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
+    run = ["-m", "monai.bundle", "run", "--config_file"]
     # 2 validation cases: one per process (each rank must have data for the metric's all-gather)
-    overrides = {"bundle_root": bundle_root, "dataset_dir": datasets[name], **TINY, **TRAIN, "num_val_cases": 2}
-    done = run_cli(
-        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "--config_file", merged]
-        + cli_args(overrides), tmp_path,
-    )
+    overrides = {"bundle_root": bundle_root, "dataset_dir": datasets[name], **TINY, "num_val_cases": 2}
+    merged = str(configs(name, "train.json", "multi_gpu_train.json")).replace(" ", "")
+    done = run_cli(torchrun + run + [merged] + cli_args({**overrides, **TRAIN}), tmp_path)
     assert "val_mean_dice" in done.stdout + done.stderr
-    load_trained(name, bundle_root / "models" / "model.pt")
-    energy = json.loads((bundle_root / "eval" / "energy.json").read_text())  # rank 0 reports for both processes
+    check_training_outputs(name, bundle_root, epochs=1)  # its scalar counts: only rank 0 logs to TensorBoard
+    output = bundle_root / "eval"
+    energy = json.loads((output / "energy.json").read_text())  # rank 0 reports for both processes
     assert energy["power_source"].endswith("x 2 processes"), energy
+
+    merged = str(configs(name, "train.json", "evaluate.json", "multi_gpu_evaluate.json")).replace(" ", "")
+    done = run_cli(torchrun + run + [merged] + cli_args(overrides), tmp_path)
+    check_evaluation_outputs(bundle_root, datasets[name], num_val_cases=2)  # both ranks' cases, gathered
+
+
+def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(datasets, tmp_path):
+    """``run training``; SIGKILL during epoch 2; ``--resume true`` goes on with epoch 2 from the epoch-1 state."""
+    name = "spleen_ct_segresmamba"
+    bundle_root = tmp_path / "resumed"
+    checkpoint_file = bundle_root / "models" / "checkpoint.pt"
+    overrides = {"bundle_root": bundle_root, "dataset_dir": datasets[name], **TINY, **SPLIT[name],
+                 "epochs": 2, "val_interval": 1}
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
+               configs(name, "train.json")[0]] + cli_args(overrides)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 400
+            while not checkpoint_file.exists() and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert checkpoint_file.exists(), (tmp_path / "killed.log").read_text()[-3000:]
+            process.send_signal(signal.SIGKILL)  # epoch 1's checkpoint has landed: epoch 2 is running
+        finally:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (bundle_root / "eval" / "energy.json").exists()  # the run did not complete
+    saved = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
+    assert saved["trainer"]["iteration"] == saved["trainer"]["epoch_length"]  # epoch 1 of 2
+    assert sorted(p.name for p in checkpoint_file.parent.iterdir()) == ["checkpoint.pt", "model.pt"]
+
+    done = run_cli(command + ["--resume", "true"], tmp_path)
+    output = done.stdout + done.stderr
+    assert f"Restored all variables from {checkpoint_file}" in output
+    assert "Epoch: 2/2, Iter: 1/" in output and "Epoch: 1/2" not in output  # epoch 1 is not trained again
+    resumed = check_training_outputs(name, bundle_root, epochs=2)  # curves of both epochs
+    assert resumed["curves"]["metrics"][1] == saved["curves"]["metrics"][1]
+
+
+def test_resume_without_a_checkpoint_says_so(datasets, tmp_path, monkeypatch):
+    from monai.bundle import run
+
+    name = "spleen_ct_segresmamba"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception) as raised:
+        run("training", config_file=configs(name, "train.json"), bundle_root=str(tmp_path),
+            dataset_dir=str(datasets[name]), resume="true", **TINY, **SPLIT[name])
+    chain, error = [], raised.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    assert any(isinstance(e, FileNotFoundError) and "no training checkpoint at" in str(e) for e in chain), chain
+    assert not list((tmp_path / "models").glob("*"))
 
 
 def test_bad_dataset_folder_stops_the_run_with_a_clear_error(datasets, tmp_path, monkeypatch):

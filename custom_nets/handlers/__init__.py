@@ -1,5 +1,8 @@
 """Ignite handlers for SegResMamba bundles."""
 
+from .checkpoint_saver import AtomicCheckpointSaver, AtomicDiskSaver
+from .curves import TrainingCurves
 from .energy import EnergyReport
+from .training_checkpoint import TrainingCheckpoint, parse_flag
 
-__all__ = ["EnergyReport"]
+__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "EnergyReport", "TrainingCheckpoint", "TrainingCurves", "parse_flag"]

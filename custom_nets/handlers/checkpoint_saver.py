@@ -59,16 +59,32 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     With ``save_dict={"model": network}`` the file holds ``network.state_dict()`` (DDP unwrapped), loadable with
     ``torch.load(..., weights_only=True)``.
+
+    Args:
+        interval_filename: a fixed file name for the ``save_interval`` checkpoints (with ``n_saved=1``, one file
+            replaced at each save); None keeps ignite's numbered names. The other arguments are MONAI's.
+
+    ``state_dict``/``load_state_dict`` carry the best key metric saved so far, so that a resumed run replaces
+    the best model only with a better one.
     """
 
-    def __init__(self, save_dir: str, save_dict: dict, **kwargs) -> None:
+    def __init__(self, save_dir: str, save_dict: dict, interval_filename: str | None = None, **kwargs) -> None:
         super().__init__(save_dir, save_dict, **kwargs)
         fixed_names = {
             "_final_checkpoint": kwargs.get("final_filename"),
             "_key_metric_checkpoint": kwargs.get("key_metric_filename"),
-            "_interval_checkpoint": None,
+            "_interval_checkpoint": interval_filename,
         }
         for attribute, filename in fixed_names.items():
             checkpoint = getattr(self, attribute)
             if checkpoint is not None:
                 checkpoint.save_handler = AtomicDiskSaver(save_dir, filename)
+
+    def state_dict(self) -> dict:
+        if self._key_metric_checkpoint is None:
+            return {}
+        return {"key_metric": dict(self._key_metric_checkpoint.state_dict())}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self._key_metric_checkpoint is not None and "key_metric" in state_dict:
+            self._key_metric_checkpoint.load_state_dict(state_dict["key_metric"])

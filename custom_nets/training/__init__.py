@@ -1,5 +1,0 @@
-"""Training helpers for the bundles."""
-
-from .checkpoint_saver import AtomicCheckpointSaver, AtomicDiskSaver
-
-__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver"]
