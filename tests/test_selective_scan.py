@@ -131,7 +131,7 @@ def test_tuning_arguments_reach_the_cpu_forward(monkeypatch):
         selective_scan(**leaves, backend="torch", max_chunk=0)
 
 
-def test_gradcheck_float64():
+def test_torch_scan_passes_gradcheck_in_float64():
     inputs = make_inputs(batch=1, d_inner=2, d_state=2, length=12)
     leaves = [t.requires_grad_() for t in inputs.values()]
 
