@@ -134,6 +134,27 @@ def test_every_direction_of_every_tom_receives_gradient():
                 assert param.grad is not None and param.grad.abs().sum() > 0, (name, param_name)
 
 
+def test_tom_recompute_keeps_only_the_input_and_gives_the_same_outputs_and_gradients():
+    x = torch.randn(1, 8, 6, 5, 7, requires_grad=True)
+    results = {}
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        tom = TriOrientedMamba(8, recompute=recompute)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            y = tom(x)
+        grads = torch.autograd.grad(y.square().sum(), [x, *tom.parameters()])
+        results[recompute] = y, grads, sum(saved)
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=0, atol=0)
+    for recomputed, kept in zip(results[True][1], results[False][1]):
+        torch.testing.assert_close(recomputed, kept, rtol=0, atol=0)
+    assert results[True][2] <= x.numel() < results[False][2] / 10  # what the layer keeps for backward
+    with torch.no_grad():
+        torch.testing.assert_close(tom(x), results[False][0].detach(), rtol=0, atol=0)
+    net = small_net(tom_recompute=True)
+    assert {m.recompute for m in net.modules() if isinstance(m, TriOrientedMamba)} == {True}
+
+
 def test_monai_config_builds_the_network():
     from monai.bundle import ConfigParser
 

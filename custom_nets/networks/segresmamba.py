@@ -43,6 +43,8 @@ class SegResMamba(nn.Module):
         min_size: smallest padded size of each spatial dimension, a multiple of 32. The default, 64, gives the
             instance norms at 1/32 at least two voxels in every dimension. With 32, a dimension that small leaves
             them one voxel across, and an input padded to 32^3 is refused (an instance norm of one voxel fails).
+        tom_recompute: each ToM layer keeps only its input for the backward pass and recomputes the rest there
+            (less memory, one more forward pass of the ToM layers; same results).
 
     Shapes: ``(batch, in_channels, D, H, W) -> (batch, out_channels, D, H, W)``.
     """
@@ -66,6 +68,7 @@ class SegResMamba(nn.Module):
         checkpointing: bool = False,
         norm_groups: int = 8,
         min_size: int = 64,
+        tom_recompute: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims != 3:
@@ -80,7 +83,7 @@ class SegResMamba(nn.Module):
         widths = [feature_size * 2**i for i in range(4)]
         tom_kwargs = dict(
             tom_positions=tuple(tom_positions) if use_tom else (), residual=tom_residual, d_state=d_state,
-            d_conv=d_conv, expand=expand, backend=scan_backend,
+            d_conv=d_conv, expand=expand, backend=scan_backend, recompute=tom_recompute,
         )
         self.stem = nn.Conv3d(in_channels, widths[0], kernel_size=7, stride=2, padding=3)
         self.downsamples = nn.ModuleList([Downsample(3, width) for width in widths[:-1]])
