@@ -32,12 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 
 
-def case(recompute: bool, size: int = 64, feature_size: int = 48, seed: int = 0) -> None:
-    """One measured forward+backward in this process, printed as JSON."""
+def case(recompute: bool, size: int = 64, feature_size: int = 48, threads: int | None = None, seed: int = 0) -> None:
+    """One measured forward+backward in this process, printed as JSON. ``threads``: torch's intra-op threads
+    (default: torch's choice)."""
     from monai.losses import DiceCELoss
 
     from custom_nets import SegResMamba
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     net = SegResMamba(in_channels=1, out_channels=2, feature_size=feature_size, scan_backend="torch",
                       tom_recompute=bool(recompute)).train()
@@ -60,12 +63,16 @@ def case(recompute: bool, size: int = 64, feature_size: int = 48, seed: int = 0)
     )))
 
 
-def run(out: str = "benchmarks/results/tom_recompute", size: int = 64, processes: int = 3) -> None:
-    """Measure both settings in fresh processes and write ``results.json`` and ``results.md`` under ``out``."""
+def run(
+    out: str = "benchmarks/results/tom_recompute", size: int = 64, processes: int = 3, threads: int | None = None
+) -> None:
+    """Measure both settings in fresh processes and write ``results.json`` and ``results.md`` under ``out``.
+    ``threads`` 1 keeps a machine that others share from spinning threads that wait for each other."""
     records = []
     for index in range(processes):
         for recompute in (False, True):
             command = [sys.executable, "-m", "benchmarks.tom_recompute", "case", str(recompute), f"--size={size}"]
+            command += [f"--threads={threads}"] if threads else []
             env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
             done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
             if done.returncode:
@@ -91,7 +98,7 @@ def _table(records: list[dict], environment: dict, size: int) -> str:
         f"# ToM recompute: one SegResMamba forward+backward at {size}^3, CPU",
         "",
         f"{environment['when']}, commit {environment['commit']}, torch {environment['torch']}, "
-        f"{environment['cores']} cores. Feature size 48, 1 -> 2 channels, batch 1, float32, torch scan backend, "
+        f"{environment['cores']} cores, {records[0]['threads']} torch thread(s). Feature size 48, 1 -> 2 channels, batch 1, float32, torch scan backend, "
         "DiceCE loss. Each process measured one step after building the network (peak RSS increase, "
         "MALLOC_MMAP_THRESHOLD_=65536). Step times ran beside other work on the machine (load average in the "
         "json): not a timing benchmark.",
