@@ -3,7 +3,7 @@
 ``python -m benchmarks.scan run --out benchmarks/results/scan_cpu`` measures, for d_state 16, d_inner in
 {96, 192, 384, 768} and L in {512, 4096, 32768}, batch 1, the forward and the forward+backward time and peak memory
 of ``custom_nets.selective_scan(backend="torch")`` and of the plain loop the tests trust
-(``tests/ssm_reference.py``). Each case runs in a fresh process (``case`` command) with
+(``backend="reference"``). Each case runs in a fresh process (``case`` command) with
 ``MALLOC_MMAP_THRESHOLD_=65536`` for memory (the peak RSS increase over the inputs, ``benchmarks.memory``) and
 in another with the default malloc for time.
 Inputs follow mamba-ssm's initialisation (A = -(1..16), time steps log-uniform in [1e-3, 1e-1]).
@@ -53,14 +53,10 @@ def _inputs(d_inner: int, length: int, requires_grad: bool) -> dict:
 
 
 def _scan_function(impl: str):
-    if impl == "chunked":
-        from custom_nets import selective_scan
+    from custom_nets import selective_scan
 
-        return lambda **kw: selective_scan(**kw, delta_softplus=True, backend="torch")
-    sys.path.insert(0, str(ROOT / "tests"))
-    from ssm_reference import selective_scan_stepwise
-
-    return lambda **kw: selective_scan_stepwise(**kw, delta_softplus=True)[0]
+    backend = "torch" if impl == "chunked" else "reference"
+    return lambda **kw: selective_scan(**kw, delta_softplus=True, backend=backend)
 
 
 def case(

@@ -1,4 +1,5 @@
-"""SegResMamba: shapes at any size, options, input errors, the scan orders, gradients, MONAI config resolution."""
+"""SegResMamba: shapes at any size, padding, options, input errors, the scan orders, gradients, MONAI config
+resolution. Most networks here pad to 32 rather than 64 (``min_size=32``): a quarter to an eighth of the work."""
 
 import pytest
 import torch
@@ -11,17 +12,19 @@ from custom_nets.blocks.tom import _from_order, _to_order
 
 def small_net(**kwargs):
     torch.manual_seed(0)
-    return SegResMamba(in_channels=kwargs.pop("in_channels", 1), out_channels=3, feature_size=8, **kwargs)
+    kwargs = dict(in_channels=1, out_channels=3, feature_size=8, min_size=32) | kwargs
+    return SegResMamba(**kwargs)
 
 
 @pytest.mark.parametrize(
     "size,options",
     [
         ((37, 45, 29), dict()),
+        ((17, 30, 23), dict(min_size=64)),
         ((17, 64, 23), dict(skip_fusion="concat")),
         ((37, 45, 29), dict(use_tom=False)),
-        ((17, 64, 23), dict(checkpointing=True)),
-        ((33, 20, 40), dict(tom_positions=("full",))),
+        ((17, 40, 23), dict(checkpointing=True)),
+        ((33, 20, 31), dict(tom_positions=("full",))),
     ],
 )
 def test_output_has_input_size_and_trains(size, options):
@@ -36,10 +39,30 @@ def test_output_has_input_size_and_trains(size, options):
 def test_padding_rule_gives_the_same_answer():
     """An input that needs padding gives what the padded input gives, cropped back."""
     net = small_net().eval()
-    x = torch.randn(1, 1, 40, 36, 50)
-    padded = torch.nn.functional.pad(x, (0, 14, 0, 28, 0, 24))  # to 64 x 64 x 64, zeros at the end
+    x = torch.randn(1, 1, 40, 20, 50)
+    padded = torch.nn.functional.pad(x, (0, 14, 0, 12, 0, 24))  # to 64 x 32 x 64, zeros at the end
     with torch.no_grad():
-        torch.testing.assert_close(net(x), net(padded)[..., :40, :36, :50])
+        torch.testing.assert_close(net(x), net(padded)[..., :40, :20, :50])
+
+
+@pytest.mark.parametrize(
+    "min_size,size,padded",
+    [(64, (20, 40, 70), (64, 64, 96)), (32, (20, 40, 70), (32, 64, 96)), (96, (20, 100, 70), (96, 128, 96))],
+)
+def test_min_size_sets_the_smallest_padded_size(min_size, size, padded):
+    with torch.device("meta"):  # shapes only
+        net = small_net(min_size=min_size)
+    seen = []
+    net.stem.register_forward_hook(lambda module, inputs, output: seen.append(tuple(inputs[0].shape[2:])))
+    assert net(torch.empty(1, 1, *size, device="meta")).shape == (1, 3, *size)
+    assert seen == [padded]
+
+
+def test_min_size_errors_name_the_problem():
+    with pytest.raises(ValueError, match="min_size must be a positive multiple of 32, got 48"):
+        SegResMamba(min_size=48)
+    with pytest.raises(ValueError, match=r"pads to 32\^3 with min_size=32.*one voxel"):
+        small_net()(torch.zeros(1, 1, 20, 32, 9))
 
 
 def test_ablation_options_change_the_model():
@@ -102,13 +125,34 @@ def test_inter_slice_scan_follows_the_real_depth():
 
 def test_every_direction_of_every_tom_receives_gradient():
     net = small_net()
-    net(torch.randn(1, 1, 40, 40, 40)).square().mean().backward()
+    net(torch.randn(1, 1, 40, 20, 24)).square().mean().backward()
     toms = [m for m in net.modules() if isinstance(m, TriOrientedMamba)]
     assert len(toms) == 8
     for tom in toms:
         for name, scan in zip(DIRECTIONS, tom.scans):
             for param_name, param in scan.named_parameters():
                 assert param.grad is not None and param.grad.abs().sum() > 0, (name, param_name)
+
+
+def test_tom_recompute_keeps_only_the_input_and_gives_the_same_outputs_and_gradients():
+    x = torch.randn(1, 8, 6, 5, 7, requires_grad=True)
+    results = {}
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        tom = TriOrientedMamba(8, recompute=recompute)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            y = tom(x)
+        grads = torch.autograd.grad(y.square().sum(), [x, *tom.parameters()])
+        results[recompute] = y, grads, sum(saved)
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=0, atol=0)
+    for recomputed, kept in zip(results[True][1], results[False][1]):
+        torch.testing.assert_close(recomputed, kept, rtol=0, atol=0)
+    assert results[True][2] <= x.numel() < results[False][2] / 10  # what the layer keeps for backward
+    with torch.no_grad():
+        torch.testing.assert_close(tom(x), results[False][0].detach(), rtol=0, atol=0)
+    net = small_net(tom_recompute=True)
+    assert {m.recompute for m in net.modules() if isinstance(m, TriOrientedMamba)} == {True}
 
 
 def test_monai_config_builds_the_network():

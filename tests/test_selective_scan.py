@@ -1,14 +1,14 @@
-"""The torch selective scan against a step-by-step reference; backend selection; the CUDA kernel where present."""
+"""The scan backends (torch, static, CUDA where present) against the step-by-step reference backend; backend
+selection; shape errors."""
 
 import pytest
 import torch
 
-import custom_nets.ops.scan as scan_module
-import custom_nets.ops.scan_cpu as scan_cpu_module
-from custom_nets import selective_scan
-from custom_nets.ops import BACKEND_ENV
+import custom_nets.ops.scan_chunked as chunked
+import custom_nets.ops.scan_cpu as scan_cpu
 from conftest import needs_cuda_kernel
-from ssm_reference import selective_scan_stepwise
+from custom_nets import selective_scan
+from custom_nets.ops import BACKEND_ENV, BACKENDS, selective_scan_ref
 
 
 def make_inputs(batch=2, d_inner=6, d_state=4, length=23, groups=None, dtype=torch.float64, device="cpu", seed=0):
@@ -30,14 +30,11 @@ def make_inputs(batch=2, d_inner=6, d_state=4, length=23, groups=None, dtype=tor
     )
 
 
-@pytest.fixture
-def short_chunks(monkeypatch):
-    """Segments of 8 steps in chunks of 4, and on CPU forward blocks of 5 chunks (4 where states are recorded for
-    backward): a length of 23 crosses segment, block and chunk edges and pads them, and blocks of 5 chunks pad the
-    groups that the states entering the chunks are found in."""
-    monkeypatch.setattr(scan_module, "MAX_CHUNK", 4)
-    monkeypatch.setattr(scan_module, "SEGMENT_ELEMENTS", 10 * 2 * 6 * 4)
-    monkeypatch.setattr(scan_cpu_module, "BLOCK_ELEMENTS", 2 * 6 * 4 * 4 * 5)
+# The torch backend's tuning for make_inputs' defaults (batch 2, d_inner 6, d_state 4): segments of 8 steps in
+# chunks of 4, and on CPU forward blocks of 5 chunks (4 where states are recorded for backward). A length of 23
+# crosses segment, block and chunk edges and pads them, and blocks of 5 chunks pad the groups that the states
+# entering the chunks are found in.
+SHORT_CHUNKS = dict(max_chunk=4, segment_elements=10 * 2 * 6 * 4, block_elements=2 * 6 * 4 * 4 * 5)
 
 
 OPTIONALS = [
@@ -59,14 +56,14 @@ def split_args(inputs, options):
 @pytest.mark.parametrize("options", OPTIONALS)
 @pytest.mark.parametrize("groups", [None, 2])
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-def test_torch_scan_matches_stepwise_reference(short_chunks, options, groups, dtype, tolerance):
+def test_torch_scan_matches_stepwise_reference(options, groups, dtype, tolerance):
     inputs = make_inputs(groups=groups, dtype=dtype)
     leaves = {name: t.clone().requires_grad_() for name, t in inputs.items()}
     args, kwargs = split_args(leaves, options)
-    out, last = selective_scan(*args, **kwargs, return_last_state=True, backend="torch")
+    out, last = selective_scan(*args, **kwargs, return_last_state=True, backend="torch", **SHORT_CHUNKS)
     reference_leaves = {name: t.double().detach().requires_grad_() for name, t in inputs.items()}
     ref_args, ref_kwargs = split_args(reference_leaves, options)
-    expected, expected_last = selective_scan_stepwise(*ref_args, **ref_kwargs)
+    expected, expected_last = selective_scan_ref(*ref_args, **ref_kwargs, return_last_state=True)
     assert out.dtype == dtype
     torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
     torch.testing.assert_close(last.double(), expected_last, rtol=tolerance, atol=tolerance)
@@ -83,15 +80,15 @@ def test_torch_scan_matches_stepwise_reference(short_chunks, options, groups, dt
 @pytest.mark.parametrize("options", OPTIONALS)
 @pytest.mark.parametrize("groups", [None, 2])
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-def test_torch_scan_without_gradients_matches_stepwise_reference(short_chunks, options, groups, dtype, tolerance):
+def test_torch_scan_without_gradients_matches_stepwise_reference(options, groups, dtype, tolerance):
     """Inference: nothing is recorded for a backward pass, and the skip term and gate are applied in place."""
     inputs = make_inputs(groups=groups, dtype=dtype)
     args, kwargs = split_args(inputs, options)
     ref_args, ref_kwargs = split_args({name: t.double() for name, t in inputs.items()}, options)
-    expected, expected_last = selective_scan_stepwise(*ref_args, **ref_kwargs)
+    expected, expected_last = selective_scan_ref(*ref_args, **ref_kwargs, return_last_state=True)
     originals = [t.clone() for t in args]
     with torch.no_grad():
-        out, last = selective_scan(*args, **kwargs, return_last_state=True, backend="torch")
+        out, last = selective_scan(*args, **kwargs, return_last_state=True, backend="torch", **SHORT_CHUNKS)
     torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
     torch.testing.assert_close(last.double(), expected_last, rtol=tolerance, atol=tolerance)
     for original, arg in zip(originals, args):
@@ -101,13 +98,13 @@ def test_torch_scan_without_gradients_matches_stepwise_reference(short_chunks, o
 def test_inference_records_no_states_for_backward(monkeypatch):
     """Under no_grad, parameters that require gradients (a network's D and delta_bias) record nothing."""
     recorded = []
-    scan_forward = scan_module.scan_forward
+    scan_forward = chunked.scan_forward
 
     def spy(*args):
-        recorded.append(args[-1])  # record_every: None when nothing is recorded
+        recorded.append(args[6])  # record_every: None when nothing is recorded
         return scan_forward(*args)
 
-    monkeypatch.setattr(scan_module, "scan_forward", spy)
+    monkeypatch.setattr(chunked, "scan_forward", spy)
     inputs = make_inputs(dtype=torch.float32)
     parameters = {name: torch.nn.Parameter(inputs.pop(name)) for name in ("D", "delta_bias")}
     with torch.no_grad():
@@ -116,15 +113,31 @@ def test_inference_records_no_states_for_backward(monkeypatch):
     assert recorded[0] is None and recorded[1] is not None
 
 
-def test_gradcheck_float64(monkeypatch):
-    monkeypatch.setattr(scan_module, "MAX_CHUNK", 3)
-    monkeypatch.setattr(scan_module, "SEGMENT_ELEMENTS", 5 * 2 * 2)
+def test_tuning_arguments_reach_the_cpu_forward(monkeypatch):
+    """``max_chunk`` and ``segment_elements`` set the chunk and the recorded segments, ``block_elements`` the block."""
+    calls = []
+    scan_forward = chunked.scan_forward
+
+    def spy(*args):
+        calls.append(args[5:])  # chunk, record_every, block_elements
+        return scan_forward(*args)
+
+    monkeypatch.setattr(chunked, "scan_forward", spy)
+    leaves = {name: t.requires_grad_() for name, t in make_inputs(dtype=torch.float32).items()}
+    selective_scan(**leaves, delta_softplus=True, backend="torch", **SHORT_CHUNKS)
+    selective_scan(**leaves, delta_softplus=True, backend="torch")
+    assert calls == [(4, 8, SHORT_CHUNKS["block_elements"]), (16, (1 << 18) // (2 * 6 * 4 * 16) * 16, 1 << 20)]
+    with pytest.raises(ValueError, match="must be positive"):
+        selective_scan(**leaves, backend="torch", max_chunk=0)
+
+
+def test_torch_scan_passes_gradcheck_in_float64():
     inputs = make_inputs(batch=1, d_inner=2, d_state=2, length=12)
     leaves = [t.requires_grad_() for t in inputs.values()]
 
-    def run(u, delta, A, B, C, D, z, delta_bias):
-        out, last = selective_scan(u, delta, A, B, C, D, z, delta_bias, True, return_last_state=True, backend="torch")
-        return out, last
+    def run(u, delta, A, B, C, D, z, delta_bias):  # segments of 6 steps in chunks of 3
+        return selective_scan(u, delta, A, B, C, D, z, delta_bias, True, return_last_state=True, backend="torch",
+                              max_chunk=3, segment_elements=5 * 2 * 2)
 
     assert torch.autograd.gradcheck(run, leaves)
 
@@ -134,7 +147,7 @@ def test_chunks_follow_the_decay_bound():
     inputs = make_inputs(length=300)
     inputs["delta"] = inputs["delta"] * 40
     out = selective_scan(**inputs, delta_softplus=True, backend="torch")
-    expected, _ = selective_scan_stepwise(**inputs, delta_softplus=True)
+    expected = selective_scan_ref(**inputs, delta_softplus=True)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
 
@@ -158,15 +171,15 @@ def test_backward_keeps_no_full_state_tensor():
 
 
 @pytest.mark.parametrize("groups", [None, 2])
-def test_closed_form_forward_matches_stepwise_reference(short_chunks, groups):
+def test_closed_form_forward_matches_stepwise_reference(groups):
     """The forward that CUDA tensors take (on CPU the forward steps through chunks instead), checked here on CPU."""
     inputs = make_inputs(groups=groups)
-    expected, expected_last = selective_scan_stepwise(**inputs, delta_softplus=True)
+    expected, expected_last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
     dt = torch.nn.functional.softplus(inputs["delta"] + inputs["delta_bias"][:, None])
     B, C = (t.unsqueeze(1) if t.dim() == 3 else t for t in (inputs["B"], inputs["C"]))
-    plan = scan_module._plan(dt, inputs["A"])
+    plan = chunked._plan(dt, inputs["A"], SHORT_CHUNKS["max_chunk"], SHORT_CHUNKS["segment_elements"])
     assert len(plan) > 1
-    y, states, last = scan_module._closed_form_forward(dt, inputs["u"], inputs["A"], B, C, plan)
+    y, states, last = chunked._closed_form_forward(dt, inputs["u"], inputs["A"], B, C, plan)
     out = (y + inputs["u"] * inputs["D"][:, None]) * torch.nn.functional.silu(inputs["z"])
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(last.reshape(expected_last.shape), expected_last, rtol=1e-10, atol=1e-10)
@@ -183,7 +196,7 @@ def test_states_entering_chunks_in_groups_match_one_chunk_after_another(chunks):
     for k in range(chunks):
         expected.append(h)
         h = decay[:, :, k] * h + local_end[:, :, k]
-    views = scan_cpu_module._BlockViews((2, 3, chunks, 1, 4, 5), torch.float64)  # groups padded to a whole size
+    views = scan_cpu._BlockViews((2, 3, chunks, 1, 4, 5), torch.float64)  # groups padded to a whole size
     views.chunk_decay.copy_(decay)
     views.local_end.copy_(local_end)
     last = views.chain(expected[0])
@@ -200,14 +213,36 @@ def test_softplus_without_gradients_matches_torch(dtype):
     expected = torch.nn.functional.softplus(x.double())
     expected = torch.where(x.double() > 20, x.double() + torch.exp(-x.double()), expected)  # torch returns x there
     with torch.no_grad():
-        got, got_in_place = scan_module._softplus(x), scan_module._softplus(x.clone(), in_place=True)
+        got, got_in_place = chunked._softplus(x), chunked._softplus(x.clone(), in_place=True)
     assert got.dtype == dtype
     torch.testing.assert_close(got.double(), expected, rtol=4 * torch.finfo(dtype).eps, atol=0)
     torch.testing.assert_close(got_in_place, got, rtol=0, atol=0)
 
 
+def test_static_scan_matches_stepwise_reference():
+    """The export backend, with time steps so large that decays pass float32's range within a chunk: at least as
+    close to the float64 reference as the torch backend gets in float32."""
+    torch.manual_seed(0)
+    batch, d_inner, d_state, length = 2, 6, 16, 300
+    u, z = torch.randn(batch, d_inner, length), torch.randn(batch, d_inner, length)
+    delta = torch.randn(batch, d_inner, length) * 2
+    A = -torch.rand(d_inner, d_state) * 16
+    B, C = torch.randn(batch, d_state, length), torch.randn(batch, d_state, length)
+    D, bias = torch.randn(d_inner), torch.randn(d_inner)
+    args = (u, delta, A, B, C, D, z, bias, True)
+    expected, expected_state = selective_scan_ref(*(t.double() if torch.is_tensor(t) else t for t in args), True)
+    got, state = selective_scan(*args, return_last_state=True, backend="static")
+    torch_scan, torch_state = selective_scan(*args, return_last_state=True, backend="torch")
+    for ours, theirs, reference in ((got, torch_scan, expected), (state, torch_state, expected_state)):
+        error = (ours.double() - reference).abs().max().item()
+        assert error <= max(2 * (theirs.double() - reference).abs().max().item(), 1e-5), error
+    short, _ = selective_scan(*args, return_last_state=True, backend="static", chunk=8)  # padded: 300 = 37 * 8 + 4
+    torch.testing.assert_close(short.double(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_backend_selection(monkeypatch):
     inputs = make_inputs(dtype=torch.float32)
+    assert set(BACKENDS) == {"torch", "cuda", "static", "reference"}
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
         selective_scan(**inputs, backend="cuda")
     with pytest.raises(ValueError, match="scan backend must be one of"):
@@ -215,8 +250,14 @@ def test_backend_selection(monkeypatch):
     monkeypatch.setenv(BACKEND_ENV, "cuda")
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
         selective_scan(**inputs)  # "auto" honours the environment variable, never falls back silently
-    monkeypatch.setenv(BACKEND_ENV, "torch")
-    assert torch.isfinite(selective_scan(**inputs)).all()
+    monkeypatch.setenv(BACKEND_ENV, "reference")
+    calls = []
+    monkeypatch.setitem(BACKENDS, "reference", lambda *args: calls.append(args) or selective_scan_ref(*args))
+    expected = selective_scan_ref(**inputs, delta_softplus=True)
+    torch.testing.assert_close(selective_scan(**inputs, delta_softplus=True), expected)
+    assert len(calls) == 1
+    torch.testing.assert_close(selective_scan(**inputs, delta_softplus=True, backend="torch"), expected)
+    assert len(calls) == 1  # a backend asked for by name is not replaced
     monkeypatch.setenv(BACKEND_ENV, "fast")
     with pytest.raises(ValueError, match=BACKEND_ENV):
         selective_scan(**inputs)
@@ -263,18 +304,18 @@ def test_cuda_kernel_matches_torch_backend(options, groups):
 
 def test_float32_gradients_stay_finite_where_chunks_reach_the_decay_bound():
     """Time steps that bring every chunk's decay sum close to its bound (exp(-59.7) after 3 steps of 19.9):
-    float32 gradients are finite and match the reference."""
+    float32 gradients are finite and match the reference. Segments of 64 steps: several, as in a long sequence."""
     generator = torch.Generator().manual_seed(3)
-    batch, d_inner, d_state, length = 1, 16, 16, 2000
+    batch, d_inner, d_state, length = 1, 16, 16, 300
     inputs = make_inputs(batch, d_inner, d_state, length, dtype=torch.float32)
     inputs["A"] = -torch.arange(1.0, d_state + 1).repeat(d_inner, 1)
     inputs["delta_bias"] = torch.zeros(d_inner)
     inputs["delta"] = 0.9045 - 1e-3 * torch.rand(batch, d_inner, length, generator=generator)  # dt ~ 1.244
     leaves = {name: t.clone().requires_grad_() for name, t in inputs.items()}
-    out = selective_scan(**leaves, delta_softplus=True, backend="torch")
+    out = selective_scan(**leaves, delta_softplus=True, backend="torch", segment_elements=16 * 16 * 16 * 4)
     grads = torch.autograd.grad(out.sum(), list(leaves.values()))
     reference = {name: t.double().requires_grad_() for name, t in inputs.items()}
-    expected, _ = selective_scan_stepwise(**reference, delta_softplus=True)
+    expected = selective_scan_ref(**reference, delta_softplus=True)
     expected_grads = torch.autograd.grad(expected.sum(), list(reference.values()))
     torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
     for name, grad, expected_grad in zip(leaves, grads, expected_grads):
@@ -282,14 +323,14 @@ def test_float32_gradients_stay_finite_where_chunks_reach_the_decay_bound():
         torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-3, atol=1e-3 * (expected_grad.abs().max().item() + 1), msg=name)
 
 
-def test_reduced_precision_matmul_settings_do_not_change_the_scan(short_chunks):
+def test_reduced_precision_matmul_settings_do_not_change_the_scan():
     """Under a lower float32 matmul precision the scan takes its cumsum path and stays exact."""
     inputs = make_inputs(dtype=torch.float32)
-    expected, _ = selective_scan_stepwise(**{n: t.double() for n, t in inputs.items()}, delta_softplus=True)
+    expected = selective_scan_ref(**{n: t.double() for n, t in inputs.items()}, delta_softplus=True)
     previous = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("medium")
-        out = selective_scan(**inputs, delta_softplus=True, backend="torch")
+        out = selective_scan(**inputs, delta_softplus=True, backend="torch", **SHORT_CHUNKS)
     finally:
         torch.set_float32_matmul_precision(previous)
     torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)

@@ -13,9 +13,9 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from ..ops import causal_conv1d, resolve_backend, selective_scan
-from ..ops.cuda_kernels import causal_conv1d_kernel
+from ..ops import BACKENDS, causal_conv1d, resolve_backend, selective_scan
 
 __all__ = ["DirectionalScan", "TriOrientedMamba", "DIRECTIONS"]
 
@@ -31,7 +31,6 @@ class DirectionalScan(nn.Module):
         d_conv: kernel size of the causal depthwise conv1d.
         dt_rank: rank of the time-step projection.
         dt_min, dt_max, dt_init_floor: range of the initial time steps (log-uniform), as in mamba-ssm.
-        backend: selective-scan backend, ``"auto"``, ``"torch"`` or ``"cuda"``.
     """
 
     def __init__(
@@ -43,10 +42,9 @@ class DirectionalScan(nn.Module):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         dt_init_floor: float = 1e-4,
-        backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.d_state, self.dt_rank, self.backend = d_state, dt_rank, backend
+        self.d_state, self.dt_rank = d_state, dt_rank
         self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=True)
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
@@ -61,12 +59,10 @@ class DirectionalScan(nn.Module):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``x``, ``z``: ``(batch, d_inner, L)`` in this direction's order. Returns ``(batch, d_inner, L)`` float32,
-        gated by ``silu(z)``."""
-        backend = resolve_backend(self.backend, x)
-        use_conv_kernel = backend == "cuda" and causal_conv1d_kernel()[0] is not None
-        x = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, use_conv_kernel)
+    def forward(self, x: torch.Tensor, z: torch.Tensor, backend: str) -> torch.Tensor:
+        """``x``, ``z``: ``(batch, d_inner, L)`` in this direction's order; ``backend``: a resolved scan backend
+        (``resolve_backend``). Returns ``(batch, d_inner, L)`` float32, gated by ``silu(z)``."""
+        x = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, backend)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (batch, d_inner, L); bias added in the scan
         # The scan runs in float32 whatever autocast does: fp16 scans overflow.
@@ -108,7 +104,11 @@ class TriOrientedMamba(nn.Module):
         d_state: SSM state size. d_conv: causal conv width. expand: d_inner = expand * C.
         dt_rank: ``"auto"`` = ceil(C / 16).
         residual: add the input to the output.
-        backend: selective-scan backend, ``"auto"``, ``"torch"`` or ``"cuda"``.
+        backend: scan backend, ``"auto"`` or a name of ``custom_nets.ops.BACKENDS``, resolved once per forward
+            pass for all three directions. The ``backend`` attribute may be changed later (ONNX export sets
+            ``"static"``).
+        recompute: keep only the layer's input for the backward pass, which recomputes the rest (norm, projections,
+            conv1d, reorders, scans): less memory for one more forward pass of the layer. Same results.
 
     Shapes: ``(batch, C, D, H, W) -> (batch, C, D, H, W)``.
     """
@@ -122,24 +122,35 @@ class TriOrientedMamba(nn.Module):
         dt_rank: int | str = "auto",
         residual: bool = True,
         backend: str = "auto",
+        recompute: bool = False,
     ) -> None:
         super().__init__()
+        if backend not in ("auto", *BACKENDS):
+            raise ValueError(f"scan backend must be one of {('auto', *BACKENDS)}, got {backend!r}")
         d_inner = expand * channels
         dt_rank = math.ceil(channels / 16) if dt_rank == "auto" else int(dt_rank)
-        self.residual = residual
+        self.residual, self.backend, self.recompute = residual, backend, recompute
         self.norm = nn.LayerNorm(channels)
         self.in_proj = nn.Linear(channels, 2 * d_inner, bias=False)
         # one scan per direction, in the order of DIRECTIONS
-        self.scans = nn.ModuleList(DirectionalScan(d_inner, d_state, d_conv, dt_rank, backend=backend) for _ in DIRECTIONS)
+        self.scans = nn.ModuleList(DirectionalScan(d_inner, d_state, d_conv, dt_rank) for _ in DIRECTIONS)
         self.out_proj = nn.Linear(d_inner, channels, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, *spatial = x.shape
+        backend = resolve_backend(self.backend, x)
+        if self.recompute and torch.is_grad_enabled():
+            out = checkpoint(self._mix, x, backend, use_reentrant=False)
+        else:
+            out = self._mix(x, backend)
+        return x + out if self.residual else out
+
+    def _mix(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+        """The layer without its residual: ``out_proj(sum_dir scan_dir(in_proj(LayerNorm(x))))``."""
+        spatial = x.shape[2:]
         tokens = self.norm(x.flatten(2).transpose(1, 2))  # (batch, L, C), raster order
         xs, zs = self.in_proj(tokens).transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, L) each
         mixed = sum(
-            _from_order(scan(_to_order(xs, name, spatial), _to_order(zs, name, spatial)), name, spatial)
+            _from_order(scan(_to_order(xs, name, spatial), _to_order(zs, name, spatial), backend), name, spatial)
             for name, scan in zip(DIRECTIONS, self.scans)
         )
-        out = self.out_proj(mixed.transpose(1, 2).to(tokens.dtype)).transpose(1, 2).reshape(x.shape)
-        return x + out if self.residual else out
+        return self.out_proj(mixed.transpose(1, 2).to(tokens.dtype)).transpose(1, 2).reshape(x.shape)

@@ -1,8 +1,8 @@
 """ONNX export of SegResMamba, checked against the PyTorch network with onnxruntime.
 
 TorchScript (``monai.bundle ckpt_export``) cannot compile the network: its selective scan is a
-``torch.autograd.Function`` whose chunk boundaries depend on the data. The export here traces the network
-with ``static_selective_scan`` in the ToM layers (same results, shape-only control flow, the chunk loop as one
+``torch.autograd.Function`` whose chunk boundaries depend on the data. The export here traces the network with
+its ToM layers set to the ``"static"`` scan backend (same results, shape-only control flow, the chunk loop as one
 ONNX ``Loop``), for one fixed input shape.
 
 Command line, from a bundle folder (overrides such as ``--feature_size 8`` as for ``monai.bundle run``)::
@@ -13,15 +13,16 @@ Command line, from a bundle folder (overrides such as ``--feature_size 8`` as fo
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..blocks import TriOrientedMamba
 from ..io.atomic import atomic_output
-from .static_scan import static_scan_in_tom
 
 __all__ = ["OPSET", "check_onnx", "export_bundle_onnx", "export_onnx"]
 
@@ -38,7 +39,8 @@ def export_onnx(network: torch.nn.Module, filepath: str | Path, input_shape: Seq
         raise ValueError(f"input_shape must be (batch, channels, D, H, W), got {tuple(input_shape)}")
     network = network.eval().cpu().float()
     example = torch.zeros(tuple(int(n) for n in input_shape))
-    with atomic_output(filepath) as temporary, static_scan_in_tom(), torch.no_grad(), warnings.catch_warnings():
+    with atomic_output(filepath) as temporary, _scan_backend(network, "static"), torch.no_grad(), \
+            warnings.catch_warnings():
         # the input padding is computed from shapes, which the tracer records as constants: right for a fixed shape
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
@@ -46,6 +48,20 @@ def export_onnx(network: torch.nn.Module, filepath: str | Path, input_shape: Seq
             opset_version=opset, do_constant_folding=False,
         )
     return filepath
+
+
+@contextlib.contextmanager
+def _scan_backend(network: torch.nn.Module, backend: str) -> Iterator[None]:
+    """The ToM layers of ``network`` scan with ``backend`` within the block; their own backends come back after."""
+    toms = [m for m in network.modules() if isinstance(m, TriOrientedMamba)]
+    previous = [tom.backend for tom in toms]
+    for tom in toms:
+        tom.backend = backend
+    try:
+        yield
+    finally:
+        for tom, name in zip(toms, previous):
+            tom.backend = name
 
 
 def check_onnx(filepath: str | Path, network: torch.nn.Module, inputs: torch.Tensor, atol: float = 1e-3) -> float:

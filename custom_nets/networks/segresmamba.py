@@ -23,9 +23,8 @@ class SegResMamba(nn.Module):
     (kernel 2, stride 2) to ``out_channels`` at the input resolution. Widths are F x (1, 2, 4, 8).
 
     Any input size works: the network pads each spatial dimension at its end with zeros up to a multiple of 32
-    (the deepest CMMB works at 1/32 of the input), and to at least 64 (so that instance norms at that depth see
-    more than one voxel), then crops the output back: the output always has the input's spatial size. ToM
-    scans follow the real (padded) size of every feature map.
+    (the deepest CMMB works at 1/32 of the input) and to at least ``min_size``, then crops the output back: the
+    output always has the input's spatial size. ToM scans follow the real (padded) size of every feature map.
 
     Args:
         spatial_dims: must be 3.
@@ -37,15 +36,20 @@ class SegResMamba(nn.Module):
         tom_positions: ToM layers that run inside each CMMB, a subset of ``("half", "full")``.
         tom_residual: residual connection around each ToM layer.
         d_state, d_conv, expand: Mamba settings (16, 4, 2 in the paper).
-        scan_backend: ``"auto"``, ``"torch"`` or ``"cuda"`` (see ``custom_nets.selective_scan``).
+        scan_backend: ``"auto"``, ``"torch"``, ``"cuda"``, ``"static"`` or ``"reference"`` (see
+            ``custom_nets.ops.scan``).
         checkpointing: recompute each encoder stage in the backward pass instead of keeping its activations.
         norm_groups: GroupNorm groups in the decoder.
+        min_size: smallest padded size of each spatial dimension, a multiple of 32. The default, 64, gives the
+            instance norms at 1/32 at least two voxels in every dimension. With 32, a dimension that small leaves
+            them one voxel across, and an input padded to 32^3 is refused (an instance norm of one voxel fails).
+        tom_recompute: each ToM layer keeps only its input for the backward pass and recomputes the rest there
+            (less memory, one more forward pass of the ToM layers; same results).
 
     Shapes: ``(batch, in_channels, D, H, W) -> (batch, out_channels, D, H, W)``.
     """
 
     size_divisor = 32
-    min_size = 64
 
     def __init__(
         self,
@@ -63,18 +67,23 @@ class SegResMamba(nn.Module):
         scan_backend: str = "auto",
         checkpointing: bool = False,
         norm_groups: int = 8,
+        min_size: int = 64,
+        tom_recompute: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims != 3:
             raise ValueError(f"SegResMamba is a 3D network: spatial_dims must be 3, got {spatial_dims}")
         if feature_size % norm_groups:
             raise ValueError(f"feature_size ({feature_size}) must be a multiple of norm_groups ({norm_groups})")
+        if min_size < self.size_divisor or min_size % self.size_divisor:
+            raise ValueError(f"min_size must be a positive multiple of {self.size_divisor}, got {min_size}")
+        self.min_size = min_size
         self.in_channels, self.out_channels = in_channels, out_channels
         self.checkpointing = checkpointing
         widths = [feature_size * 2**i for i in range(4)]
         tom_kwargs = dict(
             tom_positions=tuple(tom_positions) if use_tom else (), residual=tom_residual, d_state=d_state,
-            d_conv=d_conv, expand=expand, backend=scan_backend,
+            d_conv=d_conv, expand=expand, backend=scan_backend, recompute=tom_recompute,
         )
         self.stem = nn.Conv3d(in_channels, widths[0], kernel_size=7, stride=2, padding=3)
         self.downsamples = nn.ModuleList([Downsample(3, width) for width in widths[:-1]])
@@ -105,6 +114,11 @@ class SegResMamba(nn.Module):
         self._check_input(x)
         size = x.shape[2:]
         padding = [max(self.min_size, n + (-n) % self.size_divisor) - n for n in size]
+        if all(n + extra == self.size_divisor for n, extra in zip(size, padding)):
+            raise ValueError(
+                f"an input of spatial size {tuple(size)} pads to {self.size_divisor}^3 with min_size={self.min_size}: "
+                f"its deepest feature map would be one voxel, too small for instance norm; use a larger min_size"
+            )
         if any(padding):
             x = F.pad(x, [p for extra in reversed(padding) for p in (0, extra)])
         features = self._run_stage(0, self.stem(x))

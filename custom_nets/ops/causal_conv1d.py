@@ -1,4 +1,4 @@
-"""Causal depthwise conv1d followed by SiLU, as in Mamba, with the causal-conv1d CUDA kernel when it runs."""
+"""Causal depthwise conv1d followed by SiLU, as in Mamba, with the causal-conv1d CUDA kernel where it is installed."""
 
 from __future__ import annotations
 
@@ -10,19 +10,20 @@ from .cuda_kernels import causal_conv1d_kernel
 __all__ = ["causal_conv1d"]
 
 
-def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, use_kernel: bool) -> torch.Tensor:
+def causal_conv1d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, backend: str = "torch"
+) -> torch.Tensor:
     """``silu(conv1d(x))`` where output step t sees inputs t-k+1..t only.
 
     Args:
         x: ``(batch, channels, L)``.
         weight: depthwise kernel, ``(channels, 1, k)`` (an ``nn.Conv1d`` weight).
         bias: ``(channels,)`` or None.
-        use_kernel: use causal-conv1d's CUDA kernel (the caller checked that it can run).
+        backend: the scan backend the layer runs with (resolved, see ``resolve_backend``): with ``"cuda"``,
+            causal-conv1d's kernel where it imports (it is optional beside mamba-ssm's), else ``torch``'s conv1d.
     """
-    if use_kernel:
-        kernel = causal_conv1d_kernel()[0]
-        if kernel is None:
-            raise RuntimeError(f"causal-conv1d's CUDA kernel did not import: {causal_conv1d_kernel()[1]}")
+    kernel = causal_conv1d_kernel()[0] if backend == "cuda" else None
+    if kernel is not None:
         return kernel(x.contiguous(), weight.squeeze(1), bias, activation="silu")
     width = weight.shape[-1]
     return F.silu(F.conv1d(F.pad(x, (width - 1, 0)), weight, bias, groups=x.shape[1]))

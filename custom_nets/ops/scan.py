@@ -1,4 +1,4 @@
-"""The selective scan of Mamba (S6), with a pure-PyTorch backend and the mamba-ssm CUDA kernel.
+"""The selective scan of Mamba (S6): one public function, ``selective_scan``, and the backends it dispatches to.
 
 Semantics are those of mamba-ssm's ``selective_scan_fn``::
 
@@ -7,18 +7,16 @@ Semantics are those of mamba-ssm's ``selective_scan_fn``::
     y_t = <C_t, h_t> + D * u_t
     out = y * silu(z)                           (D and z optional)
 
-Backends:
-    ``"torch"``: a chunked parallel scan in plain PyTorch (CPU and CUDA). The sequence is cut into segments
-    that fit a memory budget, and each segment into short chunks. Inside a chunk the recurrence is solved in
-    closed form in log space, all chunks of a segment at once; chunks are chained by their boundary states, and
-    segments one after another. The backward pass recomputes each segment, so what is kept for backward is the
-    inputs plus one state per segment, never a ``batch x d_inner x L x d_state`` tensor. On CPU the forward pass
-    steps through all chunks at once instead (``scan_cpu``), which makes fewer passes over memory.
-    ``"cuda"``: mamba-ssm's fused kernel (``selective_scan_cuda``), for CUDA tensors when it is installed.
-    ``"auto"``: ``"cuda"`` when it can run, else ``"torch"``. The environment variable
-    ``SEGRESMAMBA_SCAN_BACKEND`` (``torch`` or ``cuda``) forces a backend wherever ``"auto"`` is asked for.
-
-The torch backend computes in float32 (float64 inputs stay float64); outputs have ``u``'s dtype.
+Backends (``BACKENDS``, each a function with ``selective_scan``'s arguments and result):
+    ``"torch"``: a chunked parallel scan in plain PyTorch, CPU and CUDA (``scan_chunked``; on CPU its forward
+    pass is ``scan_cpu``). Keeps one state per segment for backward. Tuning: ``max_chunk``, ``segment_elements``,
+    ``block_elements``.
+    ``"cuda"``: mamba-ssm's fused kernel (``scan_cuda``), for CUDA tensors when it is installed.
+    ``"static"``: control flow that depends on shapes only, for tracing exporters such as ONNX (``scan_static``).
+    Tuning: ``chunk``, ``chunk_elements``.
+    ``"reference"``: the recurrence one step at a time (``scan_ref``), what the others are tested against.
+    ``"auto"`` is ``"cuda"`` where it can run, else ``"torch"``; the environment variable
+    ``SEGRESMAMBA_SCAN_BACKEND`` (a backend name) replaces ``"auto"`` wherever it is asked for.
 """
 
 from __future__ import annotations
@@ -26,39 +24,42 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 
 from .cuda_kernels import selective_scan_kernel
-from .layout import from_time_major, to_time_major
-from .scan_cpu import full_precision_matmul, scan_forward
+from .scan_chunked import chunked_selective_scan
+from .scan_cuda import cuda_selective_scan
+from .scan_ref import selective_scan_ref
+from .scan_static import static_selective_scan
 
 __all__ = ["BACKEND_ENV", "BACKENDS", "resolve_backend", "selective_scan"]
 
 BACKEND_ENV = "SEGRESMAMBA_SCAN_BACKEND"
-BACKENDS = ("auto", "torch", "cuda")
-
-# Elements of one (batch, d_inner, segment, d_state) tensor: bounds the memory a segment takes, forward and
-# backward, whatever d_inner and L are.
-SEGMENT_ELEMENTS = 1 << 18
-# Longest chunk: the prefix sum inside a chunk costs MAX_CHUNK multiply-adds per element.
-MAX_CHUNK = 16
-# Largest decay sum |sum dt * A| allowed inside one chunk, so that exp(+-sum) stays finite and normal.
-MAX_LOG_DECAY = {torch.float32: 60.0, torch.float64: 600.0}
+BACKENDS = {
+    "torch": chunked_selective_scan,
+    "cuda": cuda_selective_scan,
+    "static": static_selective_scan,
+    "reference": selective_scan_ref,
+}
 
 
 def resolve_backend(backend: str, u: torch.Tensor) -> str:
-    """The backend that runs for ``backend`` on tensors like ``u``: ``"torch"`` or ``"cuda"``.
+    """The backend that runs for ``backend`` (a name of ``BACKENDS`` or ``"auto"``) on tensors like ``u``.
+
+    The one place that decides: ``"auto"`` becomes the environment variable's backend if it is set, else ``"cuda"``
+    for CUDA tensors where mamba-ssm's kernel imports, else ``"torch"``; a backend that cannot run here is an error,
+    never a silent fallback.
 
     Raises:
-        ValueError: ``backend`` (or the environment variable) is not one of ``auto``, ``torch``, ``cuda``.
+        ValueError: ``backend`` (or the environment variable) names no backend.
         RuntimeError: ``"cuda"`` was asked for where it cannot run (CPU tensors, kernel not importable).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"scan backend must be one of {BACKENDS}, got {backend!r}")
+    names = ("auto", *BACKENDS)
+    if backend not in names:
+        raise ValueError(f"scan backend must be one of {names}, got {backend!r}")
     if backend == "auto":
         forced = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
-        if forced not in BACKENDS:
-            raise ValueError(f"{BACKEND_ENV} must be one of {BACKENDS}, got {forced!r}")
+        if forced not in names:
+            raise ValueError(f"{BACKEND_ENV} must be one of {names}, got {forced!r}")
         backend = forced
     if backend == "auto":
         return "cuda" if u.is_cuda and selective_scan_kernel()[0] is not None else "torch"
@@ -86,6 +87,7 @@ def selective_scan(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     backend: str = "auto",
+    **backend_options,
 ):
     """Selective scan with mamba-ssm's ``selective_scan_fn`` signature.
 
@@ -100,7 +102,8 @@ def selective_scan(
         delta_bias: added to ``delta``, ``(d_inner,)``.
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return the state after the last step, ``(batch, d_inner, d_state)``.
-        backend: ``"auto"``, ``"torch"`` or ``"cuda"`` (see the module docstring).
+        backend: ``"auto"`` or a name of ``BACKENDS`` (see the module docstring and ``resolve_backend``).
+        backend_options: tuning arguments of that backend, e.g. ``max_chunk`` of ``"torch"``.
 
     Returns:
         ``(batch, d_inner, L)`` in ``u``'s dtype, and the last state if asked for.
@@ -109,16 +112,8 @@ def selective_scan(
     if u.device.type == "meta":  # shape propagation only (model summaries)
         out = torch.empty_like(u)
         return (out, u.new_empty(u.shape[0], A.shape[0], A.shape[1])) if return_last_state else out
-    if resolve_backend(backend, u) == "cuda":
-        return _CudaSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    # not ctx.needs_input_grad, which stays True under no_grad for parameters such as a network's D
-    backward_to_come = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias)
-    )
-    out, last_state = _ChunkedSelectiveScan.apply(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, backward_to_come
-    )
-    return (out, last_state) if return_last_state else out
+    scan = BACKENDS[resolve_backend(backend, u)]
+    return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, **backend_options)
 
 
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
@@ -144,260 +139,3 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
             )
         if grouped and d_inner % tensor.shape[1]:
             raise ValueError(f"{name} has {tensor.shape[1]} groups, which do not divide d_inner={d_inner}")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# torch backend
-
-
-def _as_groups(t: torch.Tensor) -> torch.Tensor:
-    """B or C as (batch, groups, d_state, L)."""
-    return t.unsqueeze(1) if t.dim() == 3 else t
-
-
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _per_group(t: torch.Tensor | None, groups: int, dtype: torch.dtype) -> torch.Tensor | None:
-    """(d_inner, ...) -> (groups, 1, d_inner // groups, ...), broadcastable against time-major tensors."""
-    return None if t is None else t.to(dtype).reshape(groups, 1, -1, *t.shape[1:])
-
-
-def _time_step(delta, delta_bias, softplus: bool) -> torch.Tensor:
-    dt = delta if delta_bias is None else delta + delta_bias
-    return _softplus(dt, in_place=delta_bias is not None) if softplus else dt
-
-
-def _softplus(x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
-    """``F.softplus``, in a third of its time where no gradient is needed (torch's CPU ``log1p`` is several times
-    slower than its ``log``): ``max(x, 0) + log1p(e)``, ``e = exp(-|x|)``, with
-    ``log1p(e) = log(u) + (e - (u - 1)) / u``, ``u = 1 + e``, which corrects the rounding of ``u``. ``in_place``
-    reuses ``x``; each fresh tensor of this size costs page faults."""
-    if torch.is_grad_enabled():
-        return F.softplus(x)
-    e = x.abs().neg_().exp_()
-    u = e + 1
-    correction = e.sub_(u.sub_(1)).div_(u.add_(1))  # u - 1 and back are exact: u is in [1, 2]
-    linear = x.clamp_(min=0) if in_place else x.clamp(min=0)
-    return linear.add_(u.log_()).add_(correction)
-
-
-def _finish(y, u, D, z):
-    """Skip term and gate: ``(y + D u) * silu(z)``; in place on ``y`` where no gradient is needed."""
-    in_place = not torch.is_grad_enabled()
-    if D is not None:
-        y = y.addcmul_(u, D) if in_place else torch.addcmul(y, u, D)
-    if z is not None:
-        y = y.mul_(F.silu(z)) if in_place else y * F.silu(z)
-    return y
-
-
-def _scan_segment(dt, u, A, B, C, h0, chunk: int):
-    """The recurrence over one segment, from state ``h0``, in closed form per chunk (differentiable).
-
-    Inside a chunk, with ``E_t = exp(A * sum(dt[1..t]))`` the decay after the chunk's first step,
-    ``h_t = E_t * (exp(A * dt_0) * h_in + sum_{s<=t} dt_s B_s u_s / E_s)``; ``_plan`` keeps
-    ``|A * sum(dt[1..t])|`` under ``MAX_LOG_DECAY`` so that ``1 / E_s`` stays finite. All chunks of the segment
-    are computed at once, and the states entering them by a parallel scan over the chunks. On CPU the prefix sum
-    is a product with a lower-triangular matrix of ones, which beats ``cumsum`` over a middle dimension.
-
-    Shapes (time-major): ``dt, u`` (b, g, S, dg); ``A`` (g, 1, dg, N); ``B, C`` (b, g, S, N);
-    ``h0`` (b, g, dg, N). Returns ``y`` (b, g, S, dg) and the state after the segment.
-    """
-    batch, groups, length, per_group = dt.shape
-    d_state = A.shape[-1]
-    padding = (-length) % chunk  # zero steps: no decay, no input, so the last state passes through unchanged
-    if padding:
-        dt, u, B, C = (F.pad(t, (0, 0, 0, padding)) for t in (dt, u, B, C))
-    chunks = (length + padding) // chunk
-    dt, u = (t.reshape(batch, groups, chunks, chunk, per_group) for t in (dt, u))
-    B, C = (t.reshape(batch, groups, chunks, chunk, d_state) for t in (B, C))
-    A = A.unsqueeze(1)  # (g, 1, 1, dg, N)
-
-    log_decay = (dt.cumsum(3) - dt[:, :, :, :1]).unsqueeze(-1) * A  # log E_t: (b, g, K, T, dg, N)
-    decay = torch.exp(log_decay)
-    # With gradients: times exp(-log E), not 1 / E, whose backward squares E, which underflows. Without
-    # (the forward pass), the reciprocal is the cheaper of the two.
-    inverse_decay = torch.exp(-log_decay) if torch.is_grad_enabled() else decay.reciprocal()
-    scaled = (dt * u).unsqueeze(-1) * B.unsqueeze(4) * inverse_decay
-    first_decay = torch.exp(dt[:, :, :, 0].unsqueeze(-1) * A[:, :, 0])  # (b, g, K, dg, N)
-    chunk_decay = first_decay * decay[:, :, :, -1]
-    local_end = decay[:, :, :, -1] * scaled.sum(3)  # state at each chunk's end, from a zero start
-    entering, h = _chain_chunks(chunk_decay, local_end, h0)
-    scaled[:, :, :, 0] += first_decay * entering
-    if full_precision_matmul(dt):
-        lower_ones = torch.ones(chunk, chunk, dtype=dt.dtype, device=dt.device).tril()
-        states = decay * torch.matmul(lower_ones, scaled.flatten(4)).reshape(scaled.shape)  # h_t at every step
-        y = torch.matmul(states, C.unsqueeze(-1))
-    else:
-        states = decay * scaled.cumsum(3)
-        y = (states * C.unsqueeze(4)).sum(-1)
-    return y.reshape(batch, groups, chunks * chunk, per_group)[:, :, :length], h
-
-
-def _chain_chunks(decay: torch.Tensor, local_end: torch.Tensor, h0: torch.Tensor):
-    """States entering each chunk, for ``s_k = decay_k * s_{k-1} + local_end_k`` along dim 2 from ``s_{-1} = h0``.
-
-    A Hillis-Steele scan: log2(K) steps over all chunks at once instead of K small steps. ``decay`` is at most 1,
-    so its running products only shrink. ``decay`` and ``local_end`` are ``(batch, groups, K, ...)``, ``h0`` the
-    same without ``K``. Returns the entering states (like ``decay``) and the last state.
-    """
-    chunks, shift = decay.shape[2], 1
-    while shift < chunks:
-        local_end = torch.cat([local_end[:, :, :shift], torch.addcmul(local_end[:, :, shift:], decay[:, :, shift:],
-                                                                      local_end[:, :, :-shift])], dim=2)
-        decay = torch.cat([decay[:, :, :shift], decay[:, :, shift:] * decay[:, :, :-shift]], dim=2)
-        shift *= 2
-    after = torch.addcmul(local_end, decay, h0.unsqueeze(2))  # the state after each chunk
-    return torch.cat([h0.unsqueeze(2), after[:, :, :-1]], dim=2), after[:, :, -1]
-
-
-def _segment_length(batch: int, d_inner: int, d_state: int) -> int:
-    """Steps in a segment: about ``SEGMENT_ELEMENTS`` state elements, in a whole number of ``MAX_CHUNK`` chunks (a
-    segment of 21 steps in chunks of 16 would pad a third of its work)."""
-    return max(1, SEGMENT_ELEMENTS // (batch * d_inner * d_state * MAX_CHUNK)) * MAX_CHUNK
-
-
-@torch.no_grad()
-def _plan(dt: torch.Tensor, A: torch.Tensor) -> list[tuple[int, int, int]]:
-    """Segments ``(start, end, chunk length)`` for time steps ``dt`` (b, d_inner, L) and ``A`` (d_inner, d_state).
-
-    Its chunk length is the longest (up to ``MAX_CHUNK``) for which the decay sum over a chunk's steps after the
-    first cannot pass ``MAX_LOG_DECAY``, given the segment's fastest decay per step; so a burst of large time steps
-    shortens the chunks of its segment only.
-    """
-    batch, d_inner, length = dt.shape
-    segment = _segment_length(batch, d_inner, A.shape[1])
-    rate = (dt * A.abs().amax(dim=-1, keepdim=True).to(dt.dtype)).amax(dim=(0, 1))  # (L,): fastest decay per step
-    fastest_per_segment = F.pad(rate, (0, -length % segment)).view(-1, segment).amax(dim=1).tolist()
-    limit = MAX_LOG_DECAY[dt.dtype]
-    plan = []
-    for start, fastest in zip(range(0, length, segment), fastest_per_segment):
-        end = min(start + segment, length)
-        chunk = MAX_CHUNK if fastest * (MAX_CHUNK - 1) <= limit else int(limit // fastest) + 1
-        plan.append((start, end, min(chunk, end - start)))
-    return plan
-
-
-def _closed_form_forward(dt, u, A, B, C, plan):
-    """The recurrence by ``_scan_segment``, segment after segment, from a zero state.
-
-    ``dt, u`` (b, d_inner, L); ``A`` (d_inner, N); ``B, C`` (b, g, N, L). Returns ``y`` (b, d_inner, L), the state
-    entering each segment (segments, b, g, d_inner // g, N) and the last state (b, g, d_inner // g, N)."""
-    groups = B.shape[1]
-    dt_, u_, B_, C_ = (to_time_major(t, groups) for t in (dt, u, B, C))  # B_, C_: (b, g, L, N)
-    A_ = _per_group(A, groups, dt.dtype)
-    y = torch.empty_like(u_)
-    h = u_.new_zeros(*u_.shape[:2], u_.shape[3], A.shape[1])
-    segment_states = []
-    for start, end, chunk in plan:
-        segment_states.append(h)
-        w = slice(start, end)
-        y[:, :, w], h = _scan_segment(dt_[:, :, w], u_[:, :, w], A_, B_[:, :, w], C_[:, :, w], h, chunk)
-    return from_time_major(y), torch.stack(segment_states), h
-
-
-class _ChunkedSelectiveScan(torch.autograd.Function):
-    """Chunked scan; saves the inputs and one state per segment, and recomputes each segment in backward.
-    ``backward_to_come`` False (inference) skips the backward plan and the states it needs."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backward_to_come):
-        dtype = _compute_dtype(u)
-        u_, A_, B_, C_ = (t.to(dtype) for t in (u, A, _as_groups(B), _as_groups(C)))
-        D_, bias_ = (None if t is None else t.to(dtype)[:, None] for t in (D, delta_bias))
-        dt = _time_step(delta.to(dtype), bias_, delta_softplus)  # (b, d_inner, L)
-        plan = _plan(dt, A_) if backward_to_come or u.device.type != "cpu" else None
-        if u.device.type == "cpu":
-            segment = _segment_length(u.shape[0], u.shape[1], A.shape[1]) if backward_to_come else None
-            y, segment_states, h = scan_forward(dt, u_, A_, B_, C_, MAX_CHUNK, segment)
-        else:
-            y, segment_states, h = _closed_form_forward(dt, u_, A_, B_, C_, plan)
-        if backward_to_come:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, segment_states)
-            ctx.plan = plan
-        ctx.delta_softplus = delta_softplus
-        out = _finish(y, u_, D_, None if z is None else z.to(dtype))
-        return out.to(u.dtype), h.reshape(u.shape[0], u.shape[1], -1).to(u.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_last_state):
-        u, delta, A, B, C, D, z, delta_bias, segment_states = ctx.saved_tensors
-        dtype = _compute_dtype(u)
-        groups = _as_groups(B).shape[1]
-        sequences = [None if t is None else to_time_major(t.to(dtype), groups) for t in (u, delta, z)]
-        sequences += [to_time_major(_as_groups(t).to(dtype)) for t in (B, C)]
-        params = [None if t is None else _per_group(t, groups, dtype).requires_grad_() for t in (A, D, delta_bias)]
-        grad_sequences = [None if t is None else torch.empty_like(t) for t in sequences]
-        grad_params = [None if t is None else torch.zeros_like(t) for t in params]
-        grad_out = to_time_major(grad_out.to(dtype), groups)
-        grad_h = torch.zeros_like(segment_states[0]) if grad_last_state is None else (
-            grad_last_state.to(dtype).reshape(segment_states[0].shape)
-        )
-        for index in reversed(range(len(ctx.plan))):
-            start, end, chunk = ctx.plan[index]
-            w = slice(start, end)
-            with torch.enable_grad():
-                pieces = [None if t is None else t[:, :, w].detach().requires_grad_() for t in sequences]
-                h0 = segment_states[index].to(dtype).requires_grad_()
-                u_c, delta_c, z_c, B_c, C_c = pieces
-                A_, D_, bias_ = params
-                dt = _time_step(delta_c, bias_, ctx.delta_softplus)
-                y, h_end = _scan_segment(dt, u_c, A_, B_c, C_c, h0, chunk)
-                out = _finish(y, u_c, D_, z_c)
-                leaves = [t for t in pieces + params + [h0] if t is not None]
-                grads = iter(torch.autograd.grad((out, h_end), leaves, (grad_out[:, :, w], grad_h)))
-            for target, piece in zip(grad_sequences, pieces):
-                if piece is not None:
-                    target[:, :, w] = next(grads)
-            for target, param in zip(grad_params, params):
-                if param is not None:
-                    target += next(grads)
-            grad_h = next(grads)
-        du, ddelta, dz, dB, dC = grad_sequences
-        du, ddelta, dz = (None if g is None else from_time_major(g) for g in (du, ddelta, dz))
-        dB, dC = (g.transpose(2, 3) if t.dim() == 4 else g.transpose(2, 3).squeeze(1) for g, t in ((dB, B), (dC, C)))
-        dA, dD, dbias = (None if g is None else g.reshape(-1, *g.shape[3:]) for g in grad_params)
-        originals = (u, delta, A, B, C, D, z, delta_bias)
-        grads_in = (du, ddelta, dA, dB, dC, dD, dz, dbias)
-        return (*(None if g is None else g.to(t.dtype) for g, t in zip(grads_in, originals)), None, None)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# CUDA backend (mamba-ssm's kernel)
-
-
-class _CudaSelectiveScan(torch.autograd.Function):
-    """mamba-ssm's fused kernel. As in mamba-ssm, no gradient flows back through the returned last state."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-        kernel = selective_scan_kernel()[0]
-        ctx.ungroup = B.dim() == 3, C.dim() == 3
-        u, delta, B, C = (t.contiguous() for t in (u, delta, _as_groups(B), _as_groups(C)))
-        D, z = (None if t is None else t.contiguous() for t in (D, z))
-        out, checkpoints, *rest = kernel.fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-        ctx.delta_softplus = delta_softplus
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, checkpoints, out if z is not None else None)
-        result = rest[0] if z is not None else out
-        if return_last_state:
-            return result, checkpoints[:, :, -1, 1::2]  # the kernel keeps (re, im) pairs per state
-        return result
-
-    @staticmethod
-    def backward(ctx, grad_out, *unused):
-        u, delta, A, B, C, D, z, delta_bias, checkpoints, out = ctx.saved_tensors
-        du, ddelta, dA, dB, dC, dD, ddelta_bias, *rest = selective_scan_kernel()[0].bwd(
-            u, delta, A, B, C, D, z, delta_bias, grad_out.contiguous(), checkpoints, out, None,
-            ctx.delta_softplus, False,
-        )
-        dB = dB.squeeze(1) if ctx.ungroup[0] else dB
-        dC = dC.squeeze(1) if ctx.ungroup[1] else dC
-        return (
-            du, ddelta, dA, dB, dC,
-            dD if D is not None else None,
-            rest[0] if z is not None else None,
-            ddelta_bias if delta_bias is not None else None,
-            None, None,
-        )

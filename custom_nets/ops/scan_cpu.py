@@ -5,10 +5,10 @@ recurrence ``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t`` is one elementwise opera
 a first sweep gives every chunk's end state from a zero start, a pass over groups of chunks the state entering each
 of them, and a second sweep from those states gives ``h_t`` and ``y_t = <C_t, h_t>``.
 
-Compared with the closed form that the backward pass recomputes (``scan._scan_segment``) this multiplies decays step
+Compared with the closed form that the backward pass recomputes (``scan_chunked._scan_segment``) this multiplies decays step
 by step, so it needs no bound on the decay inside a chunk, and it makes fewer passes over the state elements, all
 into buffers of a per-thread workspace reused from block to block. Writing into buffers is what makes it fast and
-what makes it non-differentiable: ``scan._ChunkedSelectiveScan`` runs it with gradients off.
+what makes it non-differentiable: ``scan_chunked._ChunkedSelectiveScan`` runs it with gradients off.
 
 Layout: time-major, state elements as ``(batch, groups, chunks, chunk, d_state, d_inner // groups)``, so that the
 innermost dimension of every operation is the long, contiguous channel one.
@@ -25,13 +25,10 @@ from .layout import from_time_major, to_time_major
 
 __all__ = ["full_precision_matmul", "scan_forward"]
 
-# State elements of one block (4 MiB in float32), the size of its decay and input buffers: each operation then
-# outweighs its dispatch, and a block still fits the last-level cache. Of 2^18 to 2^21, 2^20 was fastest here.
-BLOCK_ELEMENTS = 1 << 20
 LOG2E = 1.0 / math.log(2.0)
 
 
-def scan_forward(dt, u, A, B, C, chunk: int, record_every: int | None = None):
+def scan_forward(dt, u, A, B, C, chunk: int, record_every: int | None = None, block_elements: int = 1 << 20):
     """Run the recurrence over the whole sequence from a zero state.
 
     Args:
@@ -42,6 +39,9 @@ def scan_forward(dt, u, A, B, C, chunk: int, record_every: int | None = None):
         chunk: steps per chunk.
         record_every: the state entering every ``record_every``-th step is returned (a multiple of ``chunk``);
             ``None`` records nothing (no backward pass to come).
+        block_elements: state elements of one block (the default, 4 MiB in float32, is the size of its decay and
+            input buffers: each operation then outweighs its dispatch, and a block still fits the last-level cache;
+            of 2^18 to 2^21, 2^20 was fastest here).
 
     All in one floating dtype. Returns ``y`` ``(batch, d_inner, L)``, the recorded states
     ``(records, batch, groups, d_inner // groups, d_state)`` (or ``None``) and the last state
@@ -60,7 +60,7 @@ def scan_forward(dt, u, A, B, C, chunk: int, record_every: int | None = None):
     A2 = (A * LOG2E).reshape(1, groups, 1, per_group, d_state).transpose(3, 4).contiguous()
 
     per_chunk = batch * d_inner * d_state * chunk
-    block = max(1, BLOCK_ELEMENTS // per_chunk)
+    block = max(1, block_elements // per_chunk)
     if record_every is not None:
         record_chunks = record_every // chunk
         block = max(record_chunks, block // record_chunks * record_chunks)  # blocks start on recorded chunks
@@ -126,7 +126,7 @@ class _ChunkChain:
     for all groups at once, then the groups one after another, then the chunks inside all groups at once. That is
     about ``4 sqrt(K)`` operations instead of ``K``, which for these small states is what the time goes to. It
     writes in place, so the closed form, which autograd differentiates when backward recomputes a segment, keeps its
-    own differentiable twin (``scan._chain_chunks``).
+    own differentiable twin (``scan_chunked._chain_chunks``).
 
     ``decay``, ``local_end``, ``entering``: ``(batch, groups, K, ...)`` buffers, ``K`` a multiple of ``size``; calling
     the chain with ``s_{-1}`` (the same shape without ``K``) writes the entering states into ``entering`` and
