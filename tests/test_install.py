@@ -28,14 +28,15 @@ DEMO_FILES = {"example_ct.nii.gz", "example_ct_seg_total_v1.nii.gz", "example_ct
 
 
 def shipped_files() -> set[str]:
-    """What an installation must carry: each bundle's configs, docs and license (not models/ or eval/), and the
-    demo's sample case with its license."""
+    """What an installation must carry: each bundle's configs, docs, license and large-files list (not models/ or
+    eval/), and the demo's sample case with its license."""
     files = set()
     for bundle in sorted((ROOT / "bundles").iterdir()):
         if (bundle / "configs" / "metadata.json").is_file():
             files |= {str(p.relative_to(ROOT)) for p in (bundle / "configs").iterdir() if p.is_file()}
             files |= {str(p.relative_to(ROOT)) for p in (bundle / "docs").rglob("*") if p.is_file()}
             files.add(str((bundle / "LICENSE").relative_to(ROOT)))
+            files.add(str((bundle / "large_files.yml").relative_to(ROOT)))
     files |= {f"data/totalseg_ct_abdomen/{name}" for name in DEMO_FILES}
     return files
 
@@ -62,7 +63,8 @@ def test_a_checkout_uses_its_own_folders(monkeypatch):
     assert sample_case() == (DATA / "totalseg_ct_abdomen" / "example_ct.nii.gz",
                              DATA / "totalseg_ct_abdomen" / "example_ct_seg_total_v1.nii.gz")  # fmt: skip
     assert find_bundle(BUNDLE).path == ROOT / "bundles" / BUNDLE
-    assert set(find_bundles()) == {"brats21_mri_segresmamba", "btcv_ct_segresmamba", BUNDLE}
+    assert set(find_bundles()) == {folder.name for folder in (ROOT / "bundles").iterdir()}
+    assert {"brats21_mri_segresmamba", "btcv_ct_segresmamba", BUNDLE, f"{BUNDLE}_fast"} <= set(find_bundles())
 
 
 def test_environment_variables_point_elsewhere(monkeypatch, tmp_path):
@@ -111,6 +113,18 @@ def test_demo_options_are_parsed_before_they_become_config_overrides(tmp_path):
     ]:
         with pytest.raises(InputError, match=message):
             demo(output_dir=str(tmp_path / "demo"), **options)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_without_its_sample_case_says_so_in_one_line(tmp_path, monkeypatch):
+    from custom_nets.__main__ import demo
+
+    monkeypatch.setenv("SEGRESMAMBA_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(InputError, match="SEGRESMAMBA_DATA=.*nowhere is not a folder"):
+        demo(output_dir=str(tmp_path / "demo"))
+    monkeypatch.setenv("SEGRESMAMBA_DATA", str(tmp_path))
+    with pytest.raises(InputError, match="the demo's sample case is missing: .*example_ct.nii.gz"):
+        demo(output_dir=str(tmp_path / "demo"))
     assert not (tmp_path / "demo").exists()
 
 
