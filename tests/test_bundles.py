@@ -158,6 +158,15 @@ def test_metadata_declares_the_packages_it_runs_with(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_train_handlers_are_component_definitions(name):
+    """MONAI Label's bundle train task reads ``train#handlers`` as a list of component dicts (it looks for a
+    ``CheckpointLoader`` by ``_target_`` before fine-tuning from saved weights): a reference string there breaks
+    every training after the first."""
+    handlers = json.loads((BUNDLES / name / "configs" / "train.json").read_text())["train"]["handlers"]
+    assert handlers and all(isinstance(handler, dict) and "_target_" in handler for handler in handlers)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_large_files_list_reads_as_the_zoo_reads_it(name):
     """The zoo's CI and ``monai.bundle download_large_files`` read ``large_files.yml``: a list, with no fake URL."""
     from monai.bundle import ConfigParser, download_large_files
