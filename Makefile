@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/segresmamba demo
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=25
 
 # everything but the tests marked slow (setup.cfg [tool:pytest] markers)
 test-quick: $(STAMP)

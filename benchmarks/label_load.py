@@ -25,7 +25,7 @@ from pathlib import Path
 import requests
 import torch
 
-from benchmarks.report import environment
+from benchmarks.report import environment, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 CT = ROOT / "data" / "totalseg_ct_abdomen" / "example_ct_sm.nii.gz"
@@ -143,8 +143,7 @@ def run(
         },
     }
     out_dir = Path(out) if out else ROOT / "benchmarks" / "results" / "label_load"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    write_atomic(out_dir / "results.json", json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if k != "environment"}, indent=2))
     return results
 
