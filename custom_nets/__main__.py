@@ -34,13 +34,13 @@ def overfit(steps: int = 150, crop: int = 64, feature_size: int = 8) -> None:
 def _positive(name: str, value, kind=int):
     """``value`` as a positive ``kind``: command line values become bundle config overrides, so they are parsed
     into their type and range first (a string would be evaluated by the config parser)."""
+    from .bundle.options import Number, ValueRejected
     from .io import InputError
 
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or kind is int and value != int(value):
-        raise InputError(f"--{name} must be a positive {kind.__name__}, not {value!r}")
-    if value <= 0:
-        raise InputError(f"--{name} must be positive, not {value}")
-    return kind(value)
+    try:
+        return Number(kind, 0, low_open=True).parse(name, value)
+    except ValueRejected as e:
+        raise InputError(f"--{name} must be {e.expected}, not {e.value!r}") from None
 
 
 def demo(

@@ -106,8 +106,8 @@ def test_demo_options_are_parsed_before_they_become_config_overrides(tmp_path):
 
     for options, message in [
         (dict(epochs="$__import__('os').remove('x')"), "--epochs must be a positive int, not \"\\$__import__"),
-        (dict(epochs=0), "--epochs must be positive, not 0"),
-        (dict(patch=1.5), "--patch must be a positive int, not 1.5"),
+        (dict(epochs=0), "--epochs must be a positive int, not 0"),
+        (dict(patch=1.5), "--patch must be a whole number, not 1.5"),
         (dict(crops_per_epoch=True), "--crops_per_epoch must be a positive int"),
         (dict(spacing="6"), "--spacing must be a positive float"),
     ]:

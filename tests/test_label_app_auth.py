@@ -101,3 +101,36 @@ def test_roles_decide_what_a_token_may_do(secured):
     logs = requests.get(f"{server.url}/logs/", params={"text": True}, headers=admin, timeout=30)
     assert logs.ok and "ZIP archive will be written" in logs.text  # the dataset download just above
     assert "WARNING: serving on" not in server.log_tail(2000)
+
+
+def test_only_an_admin_deletes(secured, tmp_path):
+    """Deleting weights, images and labels needs an admin's token (MONAI Label lets annotators delete weights)."""
+    server, key = secured
+    annotator, admin = token(key, ROLES["annotator"]), token(key, *ROLES.values())
+    ct = nib.load(CT)
+    label = tmp_path / "gone.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(ct.shape, np.uint8), ct.affine), label)
+    upload = requests.put(f"{server.url}/datastore/image", params={"image": "gone"},
+                          files={"file": ("gone.nii.gz", CT.read_bytes())}, headers=admin, timeout=60)  # fmt: skip
+    assert upload.ok, upload.text
+    saved = requests.put(f"{server.url}/datastore/label", params={"image": "gone", "tag": "final"},
+                         files={"label": ("gone.nii.gz", label.read_bytes())}, headers=annotator, timeout=60)  # fmt: skip
+    assert saved.ok, saved.text
+    model = f"{server.url}/model/spleen_ct_segresmamba"
+    for url, params in ((model, {}), (f"{server.url}/datastore/image", {"id": "gone"}),
+                        (f"{server.url}/datastore/label", {"id": "gone", "tag": "final"})):  # fmt: skip
+        assert requests.delete(url, params=params, headers=annotator, timeout=30).status_code == 403
+    assert requests.delete(model, headers=admin, timeout=30).status_code == 404  # no weights to delete
+    bad = requests.delete(f"{server.url}/datastore/label", params={"id": "../gone", "tag": "final"}, headers=admin,
+                          timeout=30)  # fmt: skip
+    assert bad.status_code == 400
+    removed = requests.delete(f"{server.url}/datastore/label", params={"id": "gone", "tag": "final"}, headers=admin,
+                              timeout=30)  # fmt: skip
+    assert removed.ok, removed.text
+    objects = requests.get(f"{server.url}/datastore/", params={"output": "all"}, headers=admin, timeout=30).json()
+    assert "gone" in objects["objects"] and not objects["objects"]["gone"]["labels"]
+    assert requests.delete(f"{server.url}/datastore/image", params={"id": "gone"}, headers=admin, timeout=30).ok
+    objects = requests.get(f"{server.url}/datastore/", params={"output": "all"}, headers=admin, timeout=30).json()
+    assert "gone" not in objects["objects"]
+    missing = requests.delete(f"{server.url}/datastore/image", params={"id": "gone"}, headers=admin, timeout=30)
+    assert missing.status_code == 404

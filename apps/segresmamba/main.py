@@ -53,6 +53,10 @@ class SegResMambaApp(MONAILabelApp):
             raise ValueError(f"no bundles found in {conf.get('bundles', DEFAULT_BUNDLES)}")
         self.max_voxels = int(conf.get("max_voxels", MAX_VOXELS))
         self.inference_queue = InferenceQueue(int(conf.get("infer_workers", 1)), int(conf.get("infer_queue", 4)))
+        # the tasks by model, as init_infers and init_trainers make them (MONAI Label keeps its own copies private;
+        # no trainers where its settings turn training off)
+        self.infer_tasks: dict[str, BundleSegmentation] = {}
+        self.train_tasks: dict[str, BundleFineTune] = {}
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -72,22 +76,21 @@ class SegResMambaApp(MONAILabelApp):
         )
 
     def init_infers(self):
-        return {name: BundleSegmentation(bundle) for name, bundle in self.bundles.items()}
+        self.infer_tasks = {name: BundleSegmentation(bundle) for name, bundle in self.bundles.items()}
+        return dict(self.infer_tasks)
 
     def init_trainers(self):
-        return {name: BundleFineTune(bundle, self.conf) for name, bundle in self.bundles.items()}
+        self.train_tasks = {name: BundleFineTune(bundle, self.conf) for name, bundle in self.bundles.items()}
+        return dict(self.train_tasks)
 
     def init_strategies(self):
         strategies = {"random": Random(), "first": First()}
-        strategies.update({f"tta_uncertainty_{name}": MostUncertain(name) for name in self.bundles})
+        strategies.update({strategy.name: strategy for strategy in map(MostUncertain, self.bundles)})
         return strategies
 
     def init_scoring_methods(self):
-        methods = {}
-        for name, infer in self._infers.items():
-            methods[f"dice_{name}"] = ModelDice(infer)
-            methods[f"tta_uncertainty_{name}"] = TTAUncertainty(infer)
-        return methods
+        methods = [method(infer) for infer in self.infer_tasks.values() for method in (ModelDice, TTAUncertainty)]
+        return {method.name: method for method in methods}
 
     def on_init_complete(self):
         """In the server process only: serve this app's routes in place of MONAI Label's, and say what an
@@ -106,12 +109,14 @@ class SegResMambaApp(MONAILabelApp):
 
     def infer_task(self, model: str) -> BundleSegmentation:
         """The infer task of ``model``; HTTP 404 naming the models if there is none."""
-        if model not in self._infers:
-            raise HTTPException(status_code=404, detail=f"unknown model {model!r}; this server has {sorted(self._infers)}")
-        return self._infers[model]
+        if model not in self.infer_tasks:
+            raise HTTPException(
+                status_code=404, detail=f"unknown model {model!r}; this server has {sorted(self.infer_tasks)}"
+            )
+        return self.infer_tasks[model]
 
     def trainer_names(self) -> list[str]:
-        return sorted(self._trainers)
+        return sorted(self.train_tasks)
 
     def infer(self, request, datastore=None, upload: str | None = None):
         """Run ``request["model"]`` on a datastore image (``request["image"]``: its id) or on ``upload``, the image
@@ -149,6 +154,6 @@ class SegResMambaApp(MONAILabelApp):
 
     def train(self, request):
         model = request.get("model")
-        if model not in self._trainers:
-            raise ValueError(f"unknown model {model!r}; this server trains {sorted(self._trainers)}")
+        if model not in self.train_tasks:
+            raise ValueError(f"unknown model {model!r}; this server trains {sorted(self.train_tasks)}")
         return super().train(request)

@@ -1,21 +1,16 @@
 """MONAI bundles: where the project's bundles and sample data are, a bundle's metadata and configs, and its inference
 pipeline. The command line, the MONAI Label app and the demo all use this one model of a bundle."""
 
-from .brats import BRATS_LABELS, BRATS_REGIONS, predicts_brats_regions, regions_to_labels
 from .bundle import WEIGHTS, Bundle, bundle_search_dirs, checked_overrides, find_bundle, find_bundles
 from .folders import ENVIRONMENT_VARIABLES, bundles_folder, shipped_folder
 from .inference import InferencePipeline, Prediction, load_state_dict, resolve_device
 from .tta import FLIPS, flip_averaged
 
 __all__ = [
-    "BRATS_LABELS",
-    "BRATS_REGIONS",
     "FLIPS",
     "Prediction",
     "flip_averaged",
     "load_state_dict",
-    "predicts_brats_regions",
-    "regions_to_labels",
     "ENVIRONMENT_VARIABLES",
     "WEIGHTS",
     "Bundle",

@@ -7,7 +7,6 @@ A bundle folder holds ``configs/metadata.json``, ``configs/<name>.json`` (or ``.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,6 +15,7 @@ from typing import Any
 
 from ..io import InputError
 from .folders import bundles_folder
+from .options import ValueRejected, parser_like
 
 __all__ = ["WEIGHTS", "Bundle", "bundle_search_dirs", "checked_overrides", "find_bundle", "find_bundles"]
 
@@ -108,10 +108,23 @@ class Bundle:
         """Channel index (or label value) -> class name of the network output, background included."""
         return {int(index): name for index, name in self.channel_def.items()}
 
-    @property
+    @cached_property
     def labels(self) -> dict[str, int]:
-        """Label name -> value in the masks, without background (what MONAI Label and 3D Slicer show)."""
-        return {name: index for index, name in self.output_channels.items() if name.lower() != "background"}
+        """Label name -> value in the masks its inference config makes, without background (what MONAI Label and
+        3D Slicer show): the config's ``output_labels`` where its postprocessing makes a label map of its own (a
+        BraTS bundle's ``RegionsToLabelsd``), else the metadata's output ``channel_def``.
+
+        Raises:
+            InputError: ``output_labels`` is not a mapping of names to label values in 1..255.
+        """
+        labels = self.config_entry("inference", "output_labels")
+        if labels is None:
+            return {name: index for index, name in self.output_channels.items() if name.lower() != "background"}
+        if not isinstance(labels, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v < 256 for v in labels.values()
+        ):
+            raise InputError(f"bundle {self.path}: output_labels must map label names to values in 1..255")
+        return {str(name): int(value) for name, value in labels.items()}
 
     def config_file(self, config: str) -> Path:
         """``configs/<config>.json`` (or ``.yaml``, ``.yml``).
@@ -124,6 +137,21 @@ class Bundle:
             if candidate.is_file():
                 return candidate
         raise InputError(f"bundle {self.path} has no configs/{config}.json: not a MONAI bundle with a {config} config")
+
+    def config_entry(self, config: str, key: str, default: Any = None) -> Any:
+        """The top-level entry ``key`` of ``configs/<config>.json`` as written (not evaluated), or ``default``; a
+        bundle without that config gives ``default``."""
+        from monai.bundle import ConfigParser
+
+        try:
+            path = self.config_file(config)
+        except InputError:
+            return default
+        try:
+            content = ConfigParser.load_config_file(str(path))
+        except Exception as e:  # JSON or YAML syntax
+            raise InputError(f"bundle {self.path}: cannot read {path}: {str(e).splitlines()[0] if str(e) else e}") from None
+        return content.get(key, default) if isinstance(content, dict) else default
 
     def parser(self, config: str):
         """A ``monai.bundle.ConfigParser`` of ``configs/<config>.json`` with ``bundle_root`` set to this folder."""
@@ -152,39 +180,11 @@ class Bundle:
         raise InputError(f"bundle {self.name} has no trained weights ({self.weights} is missing): {help_text}")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _checked_value(name: str, current: Any, value: Any) -> Any:
-    """``value`` if it has the kind of ``current``: a bool, a finite non-negative number (an integer where
-    ``current`` is one), or a list of as many such numbers."""
-    if isinstance(current, bool):
-        if isinstance(value, bool):
-            return value
-        raise InputError(f"setting {name} takes true or false, not {value!r}")
-    if _is_number(current):
-        if not _is_number(value) or not math.isfinite(value) or value < 0:
-            raise InputError(f"setting {name} takes a finite number >= 0, not {value!r}")
-        if isinstance(current, int) and value != int(value):
-            raise InputError(f"setting {name} takes a whole number, not {value!r}")
-        return int(value) if isinstance(current, int) else float(value)
-    if not isinstance(value, (list, tuple)) or len(value) != len(current):
-        raise InputError(f"setting {name} takes a list of {len(current)} numbers like {current}, not {value!r}")
-    return [_checked_value(name, c, v) for c, v in zip(current, value)]
-
-
-def _plain_setting(value: Any) -> bool:
-    return isinstance(value, bool) or _is_number(value) or (
-        isinstance(value, list) and len(value) > 0 and all(_is_number(v) for v in value)
-    )
-
-
 def checked_overrides(parser, overrides: dict[str, Any]) -> dict[str, Any]:
     """Overrides from a user, checked before they reach the config: MONAI evaluates config strings (``$`` runs
     Python, ``@`` and ``%`` refer to other entries), so only the plain settings at the top of the config (numbers,
     true/false, lists of numbers: ``feature_size``, ``patch_size``, ``pixdim``, ``sw_batch_size``, ...) can be
-    set, each to a value of its own kind.
+    set, each to a value of its own kind (``options.parser_like``).
 
     Args:
         parser: the parsed config (``Bundle.parser``).
@@ -193,7 +193,8 @@ def checked_overrides(parser, overrides: dict[str, Any]) -> dict[str, Any]:
     Raises:
         InputError: an unknown setting, one that is not plain, or a value of another kind or out of range.
     """
-    settings = {key: value for key, value in parser.config.items() if _plain_setting(value)}
+    settings = {key: parser_like(value) for key, value in parser.config.items()}
+    settings = {key: setting for key, setting in settings.items() if setting is not None}
     checked = {}
     for name, value in overrides.items():
         if name not in settings:
@@ -201,7 +202,10 @@ def checked_overrides(parser, overrides: dict[str, Any]) -> dict[str, Any]:
                 f"unknown setting {name!r} for this bundle's config: settings that can be set are "
                 f"{', '.join(sorted(settings))}"
             )
-        checked[name] = _checked_value(name, settings[name], value)
+        try:
+            checked[name] = settings[name].parse(name, value)
+        except ValueRejected as e:
+            raise InputError(f"setting {name} takes {e.expected}, not {e.value!r}") from None
     return checked
 
 

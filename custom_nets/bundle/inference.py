@@ -104,12 +104,20 @@ class InferencePipeline:
         overrides: plain settings of the config to replace (e.g. ``{"sw_batch_size": 2}``; see
             ``checked_overrides``).
         weights: a weights file to use instead of the bundle's ``models/model.pt`` (see ``load_state_dict``).
+
+    The postprocessing may end with a ``RegionsToLabelsd`` (a BraTS bundle's label map of its region channels); a
+    call can stop before it (``regions``).
+
+    Raises:
+        InputError: a bad config, override or weights file.
     """
 
     def __init__(
         self, bundle: Bundle, device, overrides: dict[str, Any] | None = None, weights: str | Path | None = None
     ) -> None:
         from monai.transforms import Activationsd, AsDiscreted, Compose, SaveImage, SaveImaged
+
+        from .transforms import RegionsToLabelsd
 
         self.bundle, self.device = bundle, device
         weights = bundle.check_weights() if weights is None else Path(weights).expanduser()
@@ -132,6 +140,18 @@ class InferencePipeline:
             raise InputError(f"bundle {bundle.name}: cannot build {config.name}: {_first_line(e)}") from None
         transforms = postprocessing.transforms if isinstance(postprocessing, Compose) else (postprocessing,)
         transforms = [t for t in transforms if not isinstance(t, (SaveImage, SaveImaged))]
+        label_map = next((i for i, t in enumerate(transforms) if isinstance(t, RegionsToLabelsd)), len(transforms))
+        if label_map < len(transforms) - 1:
+            raise InputError(f"bundle {bundle.name}: {config.name}'s postprocessing must end with its RegionsToLabelsd")
+        self._label_map = Compose(transforms[label_map:]) if label_map < len(transforms) else None
+        if self._label_map is not None:
+            painted = {value for _, value in transforms[label_map].paint}
+            if painted != set(bundle.labels.values()):
+                raise InputError(
+                    f"bundle {bundle.name}: {config.name}'s RegionsToLabelsd paints {sorted(painted)} but its "
+                    f"output_labels name {sorted(bundle.labels.values())}"
+                )
+        transforms = transforms[:label_map]
         self.postprocessing = Compose(transforms)
         # Model Zoo postprocessing: activation, back to the input grid (Invertd), discretisation. Split so that the
         # probabilities can be averaged over flips and saved on the input grid.
@@ -176,6 +196,19 @@ class InferencePipeline:
                 "its output is not a mask made from them"
             )
 
+    def check_regions(self, why: str) -> None:
+        """Refuse ``why`` (e.g. ``"--brats_regions"``) unless the postprocessing ends with a label map of region
+        channels (``RegionsToLabelsd``) that a call can stop before.
+
+        Raises:
+            InputError: naming the bundle.
+        """
+        if self._label_map is None:
+            raise InputError(
+                f"{why}: bundle {self.bundle.name} does not predict the BraTS regions: its postprocessing makes no "
+                "label map of region channels (RegionsToLabelsd)"
+            )
+
     def set_window_progress(self, show: bool) -> None:
         """Show a progress bar over the sliding windows of each image (when the inferer is a sliding window)."""
         if hasattr(self.inferer, "progress"):
@@ -217,7 +250,12 @@ class InferencePipeline:
         return data
 
     def __call__(
-        self, source, spatial_shape: tuple[int, ...] | None = None, tta: bool = False, probabilities: bool = False
+        self,
+        source,
+        spatial_shape: tuple[int, ...] | None = None,
+        tta: bool = False,
+        probabilities: bool = False,
+        regions: bool = False,
     ) -> Prediction:
         """Segment one image (``source``, ``spatial_shape``: see ``preprocess``).
 
@@ -225,6 +263,8 @@ class InferencePipeline:
             tta: average the probabilities over flips of each spatial axis (``flip_averaged``) before the mask is
                 made from them.
             probabilities: also return the probabilities on the input grid.
+            regions: stop before the postprocessing's label map of region channels (see ``check_regions``): one
+                binary mask per region.
 
         Returns:
             the postprocessed prediction ``(C, X, Y, Z)`` as a numpy array (a label map when ``C == 1``), its 4x4
@@ -232,8 +272,8 @@ class InferencePipeline:
             Model Zoo bundles do), and the probabilities when asked for.
 
         Raises:
-            InputError: ``tta`` or ``probabilities`` where the bundle has none (see ``check_probabilities``), or a
-                bad image.
+            InputError: ``tta`` or ``probabilities`` where the bundle has none (see ``check_probabilities``),
+                ``regions`` where it makes no label map of regions (``check_regions``), or a bad image.
         """
         import numpy as np
         import torch
@@ -246,6 +286,8 @@ class InferencePipeline:
             self.check_probabilities("--tta")
         if probabilities:
             self.check_probabilities("--save_probabilities")
+        if regions:
+            self.check_regions("--brats_regions")
         data = self.preprocess(source, spatial_shape)
         key = self.bundle.output_key
         saved = None
@@ -265,6 +307,8 @@ class InferencePipeline:
                 if probabilities:
                     saved = data[key].detach().cpu().numpy().astype(np.float32)
                 data = self._discretise(data)
+            if self._label_map is not None and not regions:
+                data = self._label_map(data)
         pred = data[key]
         if not isinstance(pred, MetaTensor):
             raise RuntimeError(f"bundle {self.bundle.name}: its postprocessing dropped the image geometry")

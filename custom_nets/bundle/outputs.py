@@ -1,5 +1,5 @@
 """What ``segresmamba predict`` writes beside each mask: probabilities, per-label statistics and a PNG preview,
-named after the image and described by the bundle's metadata (label names, BraTS label map or regions)."""
+named after the image and described by the bundle (the label names of its masks, or of its region channels)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from ..io import mask_statistics, overlay_slices, to_ras, write_nifti_probabilities, write_png, write_statistics
-from .brats import BRATS_LABELS, predicts_brats_regions, regions_to_labels
 from .bundle import Bundle
 from .inference import Prediction
 
@@ -21,45 +20,38 @@ EXTRA_OUTPUTS = {"probabilities": "_probabilities.nii.gz", "statistics": "_stati
 class MaskOutputs:
     """How a bundle's prediction becomes the files beside its mask.
 
-    A bundle predicting the BraTS regions (TC, WT, ET) gives the BraTS label map (1 necrotic core, 2 edema,
-    4 enhancing tumour), as the label app does, unless ``regions`` asks for the three region channels.
-
     Args:
         bundle: the bundle that predicts.
         extras: the outputs to write beside each mask, among ``EXTRA_OUTPUTS``.
-        regions: keep a BraTS bundle's three region channels instead of the label map.
     """
 
-    def __init__(self, bundle: Bundle, extras: tuple[str, ...] = (), regions: bool = False) -> None:
+    def __init__(self, bundle: Bundle, extras: tuple[str, ...] = ()) -> None:
         unknown = set(extras) - set(EXTRA_OUTPUTS)
         if unknown:
             raise ValueError(f"unknown outputs {sorted(unknown)} (use {', '.join(EXTRA_OUTPUTS)})")
         self.bundle, self.extras = bundle, tuple(extras)
-        self.to_label_map = predicts_brats_regions(bundle.output_channels) and not regions
 
     def targets(self, folder: Path, name: str) -> dict[str, Path]:
         """The extra files of the image ``name`` in ``folder``, by output."""
         return {extra: folder / f"{name}{EXTRA_OUTPUTS[extra]}" for extra in self.extras}
 
-    def mask(self, prediction: Prediction) -> np.ndarray:
-        """The mask to write, ``(C, X, Y, Z)``: the BraTS label map ``(1, X, Y, Z)`` from its regions, or the
-        prediction's own mask."""
-        if self.to_label_map:
-            return regions_to_labels(prediction.mask)[None].astype(np.uint8)
-        return prediction.mask
-
     def label_names(self, mask: np.ndarray) -> dict[str, int]:
-        """Name -> label value (a label map) or channel (one mask per channel), background left out."""
+        """Name -> label value (a label map: ``Bundle.labels``) or channel (one mask per channel of the network),
+        background left out."""
         if mask.shape[0] > 1:
             return {name: index for index, name in self.bundle.output_channels.items()}
-        return dict(BRATS_LABELS) if self.to_label_map else self.bundle.labels
+        return self.bundle.labels
+
+    def channel_def(self, mask: np.ndarray) -> dict[str, str]:
+        """Class names by label value (a label map) or by channel, as a DICOM SEG names its segments."""
+        return {str(index): name for name, index in self.label_names(mask).items()}
 
     def write(self, prediction: Prediction, mask: np.ndarray, targets: dict[str, Path], source, image_name: str):
         """Write the extra files of one image.
 
         Args:
             prediction: the pipeline's result (its probabilities when ``"probabilities"`` is written).
-            mask: the mask as written (see ``mask``).
+            mask: the mask as written.
             targets: ``targets(...)`` of this image.
             source: the image (a file or DICOM series folder), or its channels' files: the preview shows the
                 first channel.

@@ -41,9 +41,12 @@ def _output_folder(output: str | Path) -> Path:
 
 def _switch(name: str, value) -> bool:
     """A command line switch (``--tta``) as a bool: ``fire`` gives True for the bare switch, a value otherwise."""
-    if not isinstance(value, bool):
-        raise InputError(f"--{name} is a switch: give it without a value (or --no{name}), not {value!r}")
-    return value
+    from ..bundle.options import Flag, ValueRejected
+
+    try:
+        return Flag().parse(name, value)
+    except ValueRejected:
+        raise InputError(f"--{name} is a switch: give it without a value (or --no{name}), not {value!r}") from None
 
 
 def _inputs(input: str, bundle) -> tuple[list, list]:
@@ -131,8 +134,9 @@ def predict(
             spacing) per label of the mask.
         preview: also write ``<image name>_preview.png``: three axial slices through the mask, with the mask over
             the image, in the radiological view (anterior up, the patient's right on the left).
-        brats_regions: a BraTS bundle writes the BraTS label map (1 necrotic core, 2 edema, 4 enhancing tumour,
-            as the label app); this writes its three regions TC, WT, ET as channels instead.
+        brats_regions: a BraTS bundle's postprocessing makes the BraTS label map (1 necrotic core, 2 edema,
+            4 enhancing tumour, as the label app serves it) from its regions; this writes the three regions TC, WT,
+            ET as channels instead (refused for a bundle whose postprocessing makes no such label map).
         verbose: show MONAI's warnings and log messages.
         max_voxels: the largest image accepted, in voxels times channels (default 2^28, a 512 x 512 x 1024 CT).
         overrides: plain settings of the bundle's inference config to replace, e.g. ``--sw_batch_size 8``
@@ -145,7 +149,6 @@ def predict(
         InputError: a bad bundle, input, output folder or option; its message is one line naming the problem.
     """
     from ..bundle import InferencePipeline, find_bundle, resolve_device
-    from ..bundle.brats import predicts_brats_regions
     from ..bundle.outputs import MaskOutputs
 
     if output_format not in OUTPUT_FORMATS:
@@ -163,11 +166,9 @@ def predict(
     chosen.config_file("inference")
     if weights is None:
         chosen.check_weights()
-    if brats_regions and not predicts_brats_regions(chosen.output_channels):
-        raise InputError(f"--brats_regions: bundle {chosen.name} does not predict the BraTS regions (TC, WT, ET)")
     extras = [name for name, wanted in (("probabilities", save_probabilities), ("statistics", statistics),
                                         ("preview", preview)) if wanted]  # fmt: skip
-    outputs = MaskOutputs(chosen, tuple(extras), regions=brats_regions)
+    outputs = MaskOutputs(chosen, tuple(extras))
     torch_device = resolve_device(device)
     folder = _output_folder(output)
 
@@ -201,6 +202,8 @@ def predict(
             pipeline.check_probabilities("--tta")
         if save_probabilities:
             pipeline.check_probabilities("--save_probabilities")
+        if brats_regions:
+            pipeline.check_regions("--brats_regions")
         pipeline.set_window_progress(progress and len(images) == 1)
         written = []
         bar = tqdm(zip(images, headers, targets, extra_targets), total=len(images), unit="image",
@@ -209,10 +212,11 @@ def predict(
             for image, header, target, extra in bar:
                 bar.set_description(image.name)
                 source = list(image.files) if hasattr(image, "files") else image.path
-                prediction = pipeline(source, header.spatial_shape, tta=tta, probabilities=save_probabilities)
-                mask = outputs.mask(prediction)
+                prediction = pipeline(source, header.spatial_shape, tta=tta, probabilities=save_probabilities,
+                                      regions=brats_regions)  # fmt: skip
+                mask = prediction.mask
                 if output_format == "dicom_seg":
-                    write_dicom_seg(mask, prediction.affine, image, target, chosen.channel_def, chosen.name,
+                    write_dicom_seg(mask, prediction.affine, image, target, outputs.channel_def(mask), chosen.name,
                                     chosen.version)  # fmt: skip
                 else:
                     write_nifti_mask(mask, prediction.affine, target)

@@ -5,19 +5,35 @@ task passes request values into the config as overrides (``max_epochs``, the bun
 tracking settings) and its background runner puts others into the environment (``gpus``, ``bundle_path``), so a
 request option is accepted only as a number in its range, a flag or one of known words; anything else, and any
 option not listed here, is refused with an ``OptionError`` naming it (HTTP 422).
+
+The parsers are ``custom_nets.bundle.options``' (the command line's and the bundle overrides' too); this module holds
+what HTTP adds: numbers and flags also as strings (some clients send them), a choice sent back as MONAI Label's list
+of choices, the GPU names MONAI Label lists, and the 422.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from fastapi import HTTPException
 
-__all__ = ["INFER_OPTIONS", "TRAIN_OPTIONS", "OptionError", "parse_json_params", "parse_options"]
+import custom_nets.bundle.options as shared
+from custom_nets.bundle.options import Nullable, ValueRejected, shown
+
+__all__ = [
+    "INFER_OPTIONS",
+    "TRAIN_OPTIONS",
+    "Flag",
+    "Nullable",
+    "Number",
+    "OptionError",
+    "Word",
+    "parse_json_params",
+    "parse_options",
+]
 
 
 class OptionError(HTTPException):
@@ -31,72 +47,29 @@ class OptionError(HTTPException):
         return self.detail
 
 
-def _first(value: Any) -> Any:
-    # MONAI Label advertises a choice as a list of its values (first: the default) and its tasks take the first one
-    # when a client sends the list back.
-    if isinstance(value, list):
-        return value[0] if value else ""
-    return value
+@dataclass(frozen=True)
+class Number(shared.Number):
+    """``Number(kind, low, high)``: an ``int`` or ``float`` in ``[low, high]``, also as a numeric string."""
+
+    strings: bool = True
 
 
 @dataclass(frozen=True)
-class Number:
-    """An ``int`` or ``float`` in ``[low, high]``; numeric strings are read as numbers (some clients send them)."""
+class Flag(shared.Flag):
+    """``true`` or ``false``, also as the strings ``"true"``, ``"false"``."""
 
-    kind: type
-    low: float
-    high: float
-
-    def parse(self, name: str, value: Any) -> int | float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise OptionError(name, f"expected a number, got {type(value).__name__}")
-        try:
-            number = float(value)
-        except ValueError:
-            raise OptionError(name, f"expected a number, got {str(value)[:60]!r}") from None
-        if not math.isfinite(number) or not self.low <= number <= self.high:
-            raise OptionError(name, f"expected a number in [{self.low}, {self.high}], got {str(value)[:60]}")
-        if self.kind is int:
-            if not number.is_integer():
-                raise OptionError(name, f"expected a whole number, got {value}")
-            return int(number)
-        return number
+    strings: bool = True
 
 
 @dataclass(frozen=True)
-class Flag:
-    """``true`` or ``false`` (also as the strings ``"true"``, ``"false"``)."""
-
-    def parse(self, name: str, value: Any) -> bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise OptionError(name, f"expected true or false, got {str(value)[:60]!r}")
-
-
-@dataclass(frozen=True)
-class Word:
-    """A string matching ``pattern`` in full (a list: its first item)."""
-
-    pattern: str
-    describe: str
+class Word(shared.Word):
+    """A string matching ``pattern`` in full. MONAI Label advertises a choice as the list of its values (first: the
+    default) and its tasks take the first one when a client sends the list back: so does this."""
 
     def parse(self, name: str, value: Any) -> str:
-        value = _first(value)
-        if not isinstance(value, str) or not re.fullmatch(self.pattern, value):
-            raise OptionError(name, f"expected {self.describe}, got {str(value)[:60]!r}")
-        return value
-
-
-@dataclass(frozen=True)
-class Nullable:
-    """``null`` (None), or what ``parser`` accepts."""
-
-    parser: Any
-
-    def parse(self, name: str, value: Any) -> Any:
-        return None if value is None else self.parser.parse(name, value)
+        if isinstance(value, list):
+            value = value[0] if value else ""
+        return super().parse(name, value)
 
 
 def _choice(*words: str) -> Word:
@@ -104,16 +77,19 @@ def _choice(*words: str) -> Word:
 
 
 @dataclass(frozen=True)
-class Device:
+class Device(Word):
     """``cpu``, ``cuda``, ``cuda:N`` or a GPU name MONAI Label lists (a list: its first item)."""
+
+    pattern: str = r"cpu|cuda(:\d{1,2})?"
+    describe: str = "'cpu', 'cuda', 'cuda:N' or a GPU name"
 
     def parse(self, name: str, value: Any) -> str:
         from monailabel.utils.others.generic import device_map
 
-        value = _first(value)
-        if isinstance(value, str) and (re.fullmatch(r"cpu|cuda(:\d{1,2})?", value) or value in device_map()):
-            return value
-        raise OptionError(name, f"expected 'cpu', 'cuda', 'cuda:N' or a GPU name, got {str(value)[:60]!r}")
+        first = (value[0] if value else "") if isinstance(value, list) else value
+        if isinstance(first, str) and first in device_map():
+            return first
+        return super().parse(name, value)
 
 
 DEVICE = Device()
@@ -172,7 +148,10 @@ def parse_options(options: Mapping[str, Any] | None, allowed: Mapping[str, Any])
     for name, value in options.items():
         if name not in allowed:
             raise OptionError(str(name)[:60], f"not an option of this app (options: {', '.join(sorted(allowed))})")
-        parsed[name] = allowed[name].parse(name, value)
+        try:
+            parsed[name] = allowed[name].parse(name, value)
+        except ValueRejected as e:
+            raise OptionError(name, f"expected {e.expected}, got {shown(e.value)}") from None
     return parsed
 
 

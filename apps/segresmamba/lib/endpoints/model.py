@@ -1,5 +1,5 @@
 """``PUT /model/{model}``: MONAI Label's route, replacing a bundle's weights only with weights that load into its
-network, atomically."""
+network, atomically; ``DELETE /model/{model}`` only for an authenticated admin."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import os
 from fastapi import APIRouter, Depends, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from monailabel.config import RBAC_ADMIN, settings
+from monailabel.endpoints import model as upstream
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
 from monailabel.utils.others.generic import file_checksum
 
 from custom_nets.io.atomic import atomic_output
 from lib.uploads import saved_upload, upload_suffix
+
+from .auth import needs_authentication
 
 router = APIRouter(prefix="/model", tags=["Model"])
 
@@ -62,3 +65,15 @@ async def api_update_model(
     plain state dict and renamed into place; HTTP 422 otherwise, and the old weights stay. MONAI Label's route copies
     any upload over the weights file in place."""
     return await run_in_threadpool(update_model, model, file)
+
+
+@router.delete("/{model}", summary=f"{RBAC_ADMIN}Delete Model File (needs authentication)")
+async def api_delete_model(model: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
+    """Set ``model``'s weights aside (MONAI Label renames them ``model.pt.<time>.deleted``): only for an
+    authenticated admin, 403 while authentication is off. MONAI Label's route lets any annotator do it, and anyone at
+    all without authentication."""
+    needs_authentication("deleting model weights is off")
+    weights = app_instance().infer_task(model).bundle.weights  # 404 naming the models for an unknown one
+    if not weights.is_file():
+        raise HTTPException(status_code=404, detail=f"model {model!r} has no trained weights to delete")
+    return await run_in_threadpool(upstream.delete_model, model)

@@ -12,18 +12,16 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.transform.pre import LoadImageTensord
 
 from custom_nets.bundle import Bundle
-from lib.transforms import BRATS_LABELS, BRATS_REGIONS, BratsRegionsToLabelsd
 
 
 class BundleSegmentation(BasicInferTask):
     """The bundle's own preprocessing, sliding-window inferer and postprocessing; MONAI Label writes the mask.
 
     The bundle's postprocessing inverts its preprocessing (``Invertd``), so the mask comes back on the grid of the
-    image as stored (orientation, spacing and extent), with the label values of the bundle's metadata. Its
-    ``SaveImaged`` is left out: MONAI Label's writer saves in the format the client asks for.
-
-    A multi-label bundle predicting the BraTS regions (TC, WT, ET) is answered with the BraTS label map (1 necrotic
-    core, 2 edema, 4 enhancing), the values its training converts back to regions, so corrected labels train it.
+    image as stored (orientation, spacing and extent), as the label map with the values of ``Bundle.labels`` (a
+    BraTS bundle's postprocessing makes it from the regions it predicts, with the values its training converts
+    back to regions, so corrected labels train it). Its ``SaveImaged`` is left out: MONAI Label's writer saves in
+    the format the client asks for.
 
     Weights are read from the bundle's ``models/model.pt`` (a plain state dict under ``"model"``, as the bundle's
     training saves it); they are reloaded when that file changes, so the next inference after a training run uses
@@ -33,12 +31,11 @@ class BundleSegmentation(BasicInferTask):
     def __init__(self, bundle: Bundle, **kwargs: Any):
         self.bundle = bundle
         self.parser = bundle.parser("inference")
-        self.brats = tuple(bundle.output_channels.values()) == BRATS_REGIONS
         super().__init__(
             path=str(bundle.weights),
             network=self.parser.get_parsed_content("network_def"),
             type=InferType.SEGMENTATION,
-            labels=BRATS_LABELS if self.brats else bundle.labels,
+            labels=bundle.labels,
             dimension=3,
             description=bundle.metadata["description"],
             model_state_dict="model",
@@ -81,14 +78,14 @@ class BundleSegmentation(BasicInferTask):
     def post_transforms(self, data: dict | None = None) -> Sequence[Callable]:
         transforms = [t for t in self.parser.get_parsed_content("postprocessing").transforms if not isinstance(t, SaveImaged)]
         # MONAI Label's writer takes one (x, y, z) label map.
-        to_label_map = BratsRegionsToLabelsd("pred") if self.brats else SqueezeDimd("pred", dim=0)
-        return [*transforms, to_label_map]
+        return [*transforms, SqueezeDimd("pred", dim=0)]
 
-    def _get_network(self, device, data):
+    def run_inferer(self, data: dict, convert_to_batch: bool = True, device: str = "cuda") -> dict:
+        """The network's output under ``"pred"``; HTTP 409 while the bundle has no weights."""
         if not self.bundle.weights.is_file():
             raise HTTPException(
                 status_code=409,
                 detail=f"model '{self.bundle.name}' has no trained weights yet ({self.bundle.weights} is missing): "
                 f"save labels and train it first (3D Slicer: Train; REST: POST /train/{self.bundle.name})",
             )
-        return super()._get_network(device, data)
+        return super().run_inferer(data, convert_to_batch=convert_to_batch, device=device)

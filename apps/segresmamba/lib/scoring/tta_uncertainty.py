@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from monai.transforms import Compose
 
+from custom_nets.bundle import FLIPS
 from lib.infers import BundleSegmentation
 from lib.scoring.weights_scoring import WeightsScoring
-
-FLIPS = ((), (2,), (3,), (4,))  # none, then each spatial axis of a (batch, channel, x, y, z) tensor
 
 
 def predictive_entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -21,6 +20,10 @@ class TTAUncertainty(WeightsScoring):
     mean predictive entropy of that average over the voxels that any flip calls foreground (the whole volume if
     none does). High scores mark images where the model is unsure, the ones worth labelling next. Stored in the
     image's info under ``tta_uncertainty`` per model, with the weights' timestamp.
+
+    Args:
+        infer: the model's infer task.
+        flips: the dimensions of a ``(batch, channel, x, y, z)`` tensor flipped together for each copy.
     """
 
     key, headline = "tta_uncertainty", "score"
@@ -32,14 +35,13 @@ class TTAUncertainty(WeightsScoring):
     @torch.no_grad()
     def score(self, image_path: str, device: str) -> float:
         data = Compose(self.infer.pre_transforms())({"image": image_path})
-        network = self.infer._get_network(device, data)
-        inferer = self.infer.inferer()
-        image = torch.as_tensor(data["image"])[None].to(device)
+        image = torch.as_tensor(data["image"])[None]
         mean = 0
         foreground = torch.zeros((), dtype=torch.bool)
         for dims in self.flips:
             flipped = torch.flip(image, dims) if dims else image
-            probabilities = torch.softmax(inferer(flipped, network).float(), dim=1)
+            logits = self.infer.run_inferer({"image": flipped}, convert_to_batch=False, device=device)["pred"]
+            probabilities = torch.softmax(logits.float(), dim=1)
             probabilities = torch.flip(probabilities, dims) if dims else probabilities
             foreground = foreground | (probabilities.argmax(1) > 0)
             mean = mean + probabilities / len(self.flips)

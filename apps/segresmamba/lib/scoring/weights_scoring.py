@@ -28,9 +28,19 @@ class WeightsScoring(ScoringMethod):
         super().__init__(description)
         self.infer = infer
 
+    @classmethod
+    def method_name(cls, model: str) -> str:
+        """The name the method of ``model`` is served under (``/scoring/<name>``): ``<key>_<model>``."""
+        return f"{cls.key}_{model}"
+
     @property
     def model(self) -> str:
         return self.infer.bundle.name
+
+    @property
+    def name(self) -> str:
+        """``method_name`` of this method's model."""
+        return self.method_name(self.model)
 
     def images(self, datastore) -> list[str]:
         raise NotImplementedError
