@@ -2,8 +2,9 @@
 
 Train, evaluate and infer run the bundles' configs through ``monai.bundle.run`` in this process, which saves the
 start-up of a process (a MONAI import, ~15 s on 2 cores) per command. The command lines users type run where a
-process is what is tested: ``python -m monai.bundle run training`` killed mid-epoch (from another working
-directory, the package on PYTHONPATH as if installed), and ``torchrun ... -m monai.bundle run`` for two processes.
+process is what is tested: ``python -m monai.bundle run training`` killed mid-epoch and resumed (from another
+working directory, the package on PYTHONPATH as if installed), and ``torchrun ... -m monai.bundle run`` for two
+processes.
 """
 
 from __future__ import annotations
@@ -271,11 +272,9 @@ def test_multi_gpu_train_and_evaluate_run_ddp_on_cpu_with_gloo(datasets, tmp_pat
     check_evaluation_outputs(bundle_root, datasets[name], num_val_cases=2)  # both ranks' cases, gathered
 
 
-def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(datasets, tmp_path, monkeypatch, capfd):
-    """``python -m monai.bundle run training`` as users type it; SIGKILL during epoch 2; the same run with
-    ``resume="true"`` (as ``--resume true`` passes it) goes on with epoch 2 from the epoch-1 state."""
-    from monai.bundle import run
-
+def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(datasets, tmp_path):
+    """``python -m monai.bundle run training`` as users type it; SIGKILL during epoch 2; ``--resume true`` goes on
+    with epoch 2 from the epoch-1 state."""
     name = "spleen_ct_segresmamba"
     bundle_root = tmp_path / "resumed"
     checkpoint_file = bundle_root / "models" / "checkpoint.pt"
@@ -301,10 +300,8 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(datasets, tm
     assert saved["trainer"]["iteration"] == saved["trainer"]["epoch_length"]  # epoch 1 of 2
     assert sorted(p.name for p in checkpoint_file.parent.iterdir()) == ["checkpoint.pt", "model.pt"]
 
-    monkeypatch.chdir(tmp_path)
-    capfd.readouterr()
-    run("training", config_file=configs(name, "train.json"), **overrides, resume="true")
-    output = "".join(capfd.readouterr())
+    done = run_cli(command + ["--resume", "true"], tmp_path)
+    output = done.stdout + done.stderr
     assert f"Restored all variables from {checkpoint_file}" in output
     assert "Epoch: 2/2, Iter: 1/" in output and "Epoch: 1/2" not in output  # epoch 1 is not trained again
     resumed = check_training_outputs(name, bundle_root, epochs=2)  # curves of both epochs
