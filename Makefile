@@ -18,9 +18,12 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/segresmamba demo
 
+# two workers (pytest-xdist), each test file on one of them: its module fixtures (servers, datasets) start once
+PARALLEL := -n 2 --dist loadfile
+
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q --durations=25
+	$(VENV)/bin/python -m pytest -q $(PARALLEL) --durations=25
 
 # everything but the tests marked slow (setup.cfg [tool:pytest] markers)
 test-quick: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(VENV)/bin/python -m pytest -q $(PARALLEL) -m "not slow"

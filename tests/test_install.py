@@ -131,8 +131,9 @@ def test_demo_without_its_sample_case_says_so_in_one_line(tmp_path, monkeypatch)
 # ---------------------------------------------------------------------------------------------- pip install .
 
 SMALL_CT = DATA / "totalseg_ct_abdomen" / "example_ct_sm.nii.gz"
+# logs: MONAI Label servers of tests running beside this one (pytest -n 2) append to apps/segresmamba/logs
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "outputs", "*.egg-info", "__pycache__",
-                                    ".pytest_cache", "models", "eval")  # fmt: skip
+                                    ".pytest_cache", "models", "eval", "logs")  # fmt: skip
 
 
 def can_build_here() -> bool:

@@ -1,7 +1,9 @@
 """The MONAI Label app driven as 3D Slicer's plugin drives it: MONAILabelClient against a real server on 127.0.0.1.
 
-One server for the module (start-up and training are the slow parts); the tests run in file order, like an
-annotation session: upload, bad input, label, train, infer, active learning, scoring, then a kill and a restart.
+The session's shared server (conftest.py ``shared_label_server``; start-up and training are the slow parts), under
+image ids of this module; the tests run in file order, like an annotation session: upload, bad input, label, train,
+infer, active learning, scoring. What an untrained model answers is checked in test_label_app_crash.py, on a
+server of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 import requests
 import torch
 
-from label_server import ROOT, LabelServer, small_bundles
+from label_server import ROOT, LabelServer
 
 pytest.importorskip("monailabel")
 from monailabel.client import MONAILabelClient  # noqa: E402
@@ -24,19 +26,15 @@ CT = ROOT / "data" / "totalseg_ct_abdomen" / "example_ct.nii.gz"
 SEG = ROOT / "data" / "totalseg_ct_abdomen" / "example_ct_seg_total_v1.nii.gz"
 MODEL = "spleen_ct_segresmamba"
 NRRD_UINT8 = {"result_extension": ".nrrd", "result_dtype": "uint8"}
+IMAGE = "label_app_ct"  # image ids of this module on the shared server: its name as a prefix
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    root = tmp_path_factory.mktemp("label_app")
-    studies = root / "studies"
-    studies.mkdir()
-    bundles = small_bundles(root / "bundles")
-    server = LabelServer(studies, {"bundles": str(bundles)}, root / "server.log").start()
-    client = MONAILabelClient(server.url, tmpdir=str(root / "client"))
-    (root / "client").mkdir()
-    yield {"root": root, "studies": studies, "bundles": bundles, "server": server, "client": client}
-    server.stop()
+def session(shared_label_server, tmp_path_factory):
+    server = shared_label_server
+    client_dir = tmp_path_factory.mktemp("label_app_client")
+    client = MONAILabelClient(server.url, tmpdir=str(client_dir))
+    return {"studies": Path(server.studies), "bundles": Path(server.conf["bundles"]), "server": server, "client": client}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +66,6 @@ def test_info_serves_the_bundles_offline(session):
     info = session["client"].info()
     assert set(info["models"]) == {MODEL} and set(info["trainers"]) == {MODEL}
     assert info["models"][MODEL]["labels"] == {"spleen": 1}
-    assert info["models"][MODEL]["trained"] is False
     assert not any("sam" in name for name in info["models"])  # no SAM2 (its weights would be downloaded)
     assert {"random", "first", f"tta_uncertainty_{MODEL}"} <= set(info["strategies"])
     assert {f"dice_{MODEL}", f"tta_uncertainty_{MODEL}"} <= set(info["scoring"])
@@ -90,8 +87,8 @@ def test_every_bundle_by_default(tmp_path):
 
 
 def test_upload_image(session):
-    assert session["client"].upload_image(str(CT), image_id="ct") == {"image": "ct"}
-    assert (session["studies"] / "ct.nii.gz").read_bytes() == CT.read_bytes()
+    assert session["client"].upload_image(str(CT), image_id=IMAGE) == {"image": IMAGE}
+    assert (session["studies"] / f"{IMAGE}.nii.gz").read_bytes() == CT.read_bytes()
 
 
 def test_bad_uploads_get_4xx_and_change_nothing(session, tmp_path):
@@ -111,10 +108,9 @@ def test_bad_uploads_get_4xx_and_change_nothing(session, tmp_path):
 
 def test_infer_errors_name_the_problem(session):
     client = session["client"]
-    expect_error(lambda: client.infer("no_such_model", "ct", NRRD_UINT8), 404, "unknown model", MODEL)
+    expect_error(lambda: client.infer("no_such_model", IMAGE, NRRD_UINT8), 404, "unknown model", MODEL)
     expect_error(lambda: client.infer(MODEL, "../../etc/passwd", NRRD_UINT8), 400, "invalid image id")
-    expect_error(lambda: client.infer(MODEL, "missing", NRRD_UINT8), 404, "not in the datastore")
-    expect_error(lambda: client.infer(MODEL, "ct", NRRD_UINT8), 409, "no trained weights")
+    expect_error(lambda: client.infer(MODEL, "label_app_missing", NRRD_UINT8), 404, "not in the datastore")
 
 
 def test_save_label_checks_its_geometry(session, spleen_label, tmp_path):
@@ -124,15 +120,16 @@ def test_save_label_checks_its_geometry(session, spleen_label, tmp_path):
     affine = seg.affine.copy()
     affine[:3, 3] += 30.0
     nib.save(nib.Nifti1Image(np.asarray(seg.dataobj), affine), shifted)
-    expect_error(lambda: client.save_label("ct", str(shifted), tag="final"), 422, "label geometry does not match")
-    expect_error(lambda: client.save_label("unknown", str(spleen_label), tag="final"), 404, "not in the datastore")
-    assert client.save_label("ct", str(spleen_label), tag="final")["label"] == "ct"
-    saved = session["studies"] / "labels" / "final" / "ct.nii.gz"
+    expect_error(lambda: client.save_label(IMAGE, str(shifted), tag="final"), 422, "label geometry does not match")
+    expect_error(lambda: client.save_label("label_app_unknown", str(spleen_label), tag="final"), 404,
+                 "not in the datastore")
+    assert client.save_label(IMAGE, str(spleen_label), tag="final")["label"] == IMAGE
+    saved = session["studies"] / "labels" / "final" / f"{IMAGE}.nii.gz"
     assert saved.read_bytes() == spleen_label.read_bytes()
 
 
 def infer_mask(session):
-    mask_path, params = session["client"].infer(MODEL, "ct", NRRD_UINT8)
+    mask_path, params = session["client"].infer(MODEL, IMAGE, NRRD_UINT8)
     assert mask_path.endswith(".nrrd") and params["label_names"] == {"spleen": 1}
     return read_mask(mask_path), params
 
@@ -141,10 +138,12 @@ def test_training_writes_weights_the_next_inference_uses(session):
     import itk
 
     client, server = session["client"], session["server"]
+    weights = session["bundles"] / MODEL / "models" / "model.pt"
+    before = weights.read_bytes() if weights.exists() else None  # the shared server's model may be trained already
     client.train_start(MODEL, {"max_epochs": 2, "device": "cpu"})
     status = server.wait_for_training()
     assert status["status"] == "DONE", "\n".join(status.get("details", [])[-40:])
-    weights = session["bundles"] / MODEL / "models" / "model.pt"
+    assert weights.read_bytes() != before
     state = torch.load(weights, weights_only=True)  # a plain state dict: loads under torch's safe default
     assert state and all(isinstance(value, torch.Tensor) for value in state.values())
 
@@ -165,19 +164,19 @@ def test_training_writes_weights_the_next_inference_uses(session):
 
 def test_active_learning_orders_unlabelled_images(session, tmp_path):
     client, url = session["client"], session["server"].url
-    for name, shift in (("ct_a", 0), ("ct_b", 200)):
+    for name, shift in (("label_app_a", 0), ("label_app_b", 200)):
         ct = nib.load(CT)
         array = np.asarray(ct.dataobj).astype(np.int16)
         array = np.roll(array, shift // 10, axis=0) if shift else array
         path = tmp_path / f"{name}.nii.gz"
         nib.save(nib.Nifti1Image(array, ct.affine), path)
         client.upload_image(str(path), image_id=name)
-    assert client.next_sample("random", {})["id"] in {"ct_a", "ct_b"}
+    assert client.next_sample("random", {})["id"] in {"label_app_a", "label_app_b"}
 
     answer = requests.post(f"{url}/scoring/tta_uncertainty_{MODEL}?run_sync=true", timeout=900)
     assert answer.ok, answer.text
     info = {i: client.datastore()["objects"][i]["image"]["info"]["tta_uncertainty"][MODEL]["score"]
-            for i in ("ct_a", "ct_b")}
+            for i in ("label_app_a", "label_app_b")}
     assert all(0.0 <= s <= np.log(2) for s in info.values()), info
     first = client.next_sample(f"tta_uncertainty_{MODEL}", {})
     assert first["id"] == max(info, key=info.get)
@@ -189,5 +188,5 @@ def test_dice_scoring_against_saved_labels(session):
     url = session["server"].url
     answer = requests.post(f"{url}/scoring/dice_{MODEL}?run_sync=true", timeout=900)
     assert answer.ok, answer.text
-    dice = session["client"].datastore()["objects"]["ct"]["image"]["info"]["dice"][MODEL]
+    dice = session["client"].datastore()["objects"][IMAGE]["image"]["info"]["dice"][MODEL]
     assert 0.0 <= dice["mean"] <= 1.0 and set(dice["per_label"]) == {"spleen"}

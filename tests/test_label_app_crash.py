@@ -1,5 +1,6 @@
 """Nothing saved is lost when the MONAI Label server dies: a SIGKILL in the middle of a label save (at the worst
-moments, made deterministic in a child process) or during a training run, then a restart."""
+moments, made deterministic in a child process) or during a training run, then a restart. The server killed starts
+with an untrained model, so it also shows what the app answers before any training."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from label_server import APP, ROOT, LabelServer, small_bundles
 
 pytest.importorskip("monailabel")
 from monailabel.client import MONAILabelClient  # noqa: E402
+from monailabel.client.client import MONAILabelClientException  # noqa: E402
 
 CT = ROOT / "data" / "totalseg_ct_abdomen" / "example_ct.nii.gz"
 SEG = ROOT / "data" / "totalseg_ct_abdomen" / "example_ct_seg_total_v1.nii.gz"
@@ -103,13 +105,17 @@ def test_server_killed_during_training_restarts_with_nothing_lost(tmp_path):
     server = LabelServer(studies, {"bundles": str(bundles)}, tmp_path / "server.log").start()
     try:
         client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+        assert client.info()["models"][MODEL]["trained"] is False
         client.upload_image(str(CT), image_id="ct")
+        with pytest.raises(MONAILabelClientException) as untrained:
+            client.infer(MODEL, "ct", {"result_extension": ".nii.gz", "result_dtype": "uint8"})
+        assert "Status: 409" in str(untrained.value) and "no trained weights" in str(untrained.value), untrained.value
         client.save_label("ct", str(spleen_label(tmp_path / "label.nii.gz")), tag="final")
         label = studies / "labels" / "final" / "ct.nii.gz"
         label_digest = digest(label)
         client.train_start(MODEL, {"max_epochs": 1, "device": "cpu"})
         assert server.wait_for_training()["status"] == "DONE"
-        assert weights.is_file()
+        assert weights.is_file() and client.info()["models"][MODEL]["trained"] is True
 
         client.train_start(MODEL, {"max_epochs": 100, "device": "cpu"})
         deadline = time.monotonic() + 300

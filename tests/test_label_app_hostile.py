@@ -3,7 +3,8 @@ the datastore is read, no upload outlives its request, no header costs gigabytes
 inference does not freeze the server, and weights are replaced only by weights that fit.
 
 One server for the module (plain HTTP and MONAILabelClient on 127.0.0.1) with its own temporary folder (TMPDIR),
-listed before and after each request; the command line runs as a subprocess.
+listed before and after each request. The command line runs through its parser in this process, and as a
+subprocess where its peak memory is measured.
 """
 
 from __future__ import annotations
@@ -390,6 +391,26 @@ def predict_command(bundle: Path, source: Path, output: Path) -> tuple[subproces
     return run, peak
 
 
+def predict_here(bundle: Path, source: Path, output: Path, capsys) -> subprocess.CompletedProcess:
+    """``segresmamba predict`` through its command-line parser (fire) in this process, which saves a process start
+    (a MONAI import); its exit status and output as a ``CompletedProcess``."""
+    from unittest import mock
+
+    from custom_nets.__main__ import main
+
+    argv = ["segresmamba", "predict", "--bundle", str(bundle), "--input", str(source), "--output", str(output),
+            "--device", "cpu"]  # fmt: skip
+    capsys.readouterr()
+    with mock.patch.object(sys, "argv", argv):
+        try:
+            main()
+            status = 0
+        except SystemExit as exit_:
+            status = exit_.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, status, out, err)
+
+
 def one_line_error(run: subprocess.CompletedProcess, *words: str) -> str:
     assert run.returncode == 1, run.stderr[-2000:]
     assert "Traceback" not in run.stderr, run.stderr[-2000:]
@@ -410,20 +431,20 @@ def test_cli_refuses_huge_headers_with_flat_memory(cli_bundle, tmp_path):
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-def test_cli_refuses_nonfinite_voxels(cli_bundle, tmp_path):
-    run, _ = predict_command(cli_bundle, ct_with_nonfinite(tmp_path / "nan_ct.nii.gz"), tmp_path / "out")
+def test_cli_refuses_nonfinite_voxels(cli_bundle, tmp_path, capsys):
+    run = predict_here(cli_bundle, ct_with_nonfinite(tmp_path / "nan_ct.nii.gz"), tmp_path / "out", capsys)
     one_line_error(run, "nan_ct.nii.gz", "1,001 NaN or infinite voxel")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-def test_cli_checks_its_output_folder_first(cli_bundle, tmp_path):
+def test_cli_checks_its_output_folder_first(cli_bundle, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     for output, words in ((blocker / "out", "is a file"), (Path("/proc/segresmamba_out"), "not writable")):
-        run, _ = predict_command(cli_bundle, CT, output)
+        run = predict_here(cli_bundle, CT, output, capsys)
         one_line_error(run, str(output), words)
     # and a writable one works (the check leaves nothing behind in it)
-    run, _ = predict_command(cli_bundle, CT, tmp_path / "out")
+    run = predict_here(cli_bundle, CT, tmp_path / "out", capsys)
     assert run.returncode == 0, run.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["example_ct_sm_seg.nii.gz"]
 
