@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from monailabel.tasks.train.bundle import BundleTrainTask
+from monailabel.utils.others.generic import device_list
 
 from custom_nets.bundle import Bundle
 from custom_nets.handlers import training_progress
@@ -87,7 +88,8 @@ class BundleFineTune(BundleTrainTask):
         """The request with every option parsed into its type and range, the bundle's defaults for the options it
         does not give, ``val_interval`` at most ``max_epochs``; ``OptionError`` otherwise."""
         options = {k: v for k, v in request.items() if k not in SERVER_KEYS}
-        parsed = {**self.defaults, **parse_options(options, TRAIN_OPTIONS)}
+        # MONAI Label's own default device is "cuda", also where there is none: the first it lists (CPU there)
+        parsed = {"device": device_list()[0], **self.defaults, **parse_options(options, TRAIN_OPTIONS)}
         if parsed["val_interval"] > parsed["max_epochs"]:  # the weights are saved only after a validation
             logger.info(f"val_interval {parsed['val_interval']} > max_epochs {parsed['max_epochs']}: validating at the last epoch")
             parsed["val_interval"] = parsed["max_epochs"]
