@@ -18,6 +18,9 @@ bundle's ``finetune`` defaults, 20 epochs); its time runs from the request to th
 the training process's start-up, data caching and validations included). Then ``/infer`` on ``ct`` twice (the
 first loads the new weights), and the Dice of the returned mask against ``ct``'s label: agreement with
 TotalSegmentator on an image the model was trained on, a check of the loop, not a measure of accuracy.
+
+Beside each wall time, the CPU seconds the server and the training processes it started spent on it (all cores
+added up): on a machine shared with other work, wall times grow with the load and CPU seconds much less.
 """
 
 from __future__ import annotations
@@ -69,6 +72,14 @@ def labelled_cases(folder: Path) -> dict[str, tuple[Path, Path]]:
     return cases
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and of the children it has waited for (the server's finished training processes)."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def dice(mask: np.ndarray, label: np.ndarray) -> float:
     mask, label = mask > 0, label > 0
     return float(2 * (mask & label).sum() / max(1, mask.sum() + label.sum()))
@@ -85,11 +96,12 @@ def epoch_times(log: str) -> list[float]:
 def render(results: dict) -> str:
     env, train, infer = results["environment"], results["train"], results["infer"]
     rows = [
-        ("Run: whole shipped CT (122x101x112), first call after training", f"{infer[0]['wall_s']} s",
+        ("Run: whole shipped CT (122x101x112), first call after training",
+         f"{infer[0]['wall_s']} s ({infer[0]['cpu_s']} CPU-s)", f"<= {TARGETS['infer_s']:g} s"),
+        ("Run: the same again (weights loaded)", f"{infer[1]['wall_s']} s ({infer[1]['cpu_s']} CPU-s)",
          f"<= {TARGETS['infer_s']:g} s"),
-        ("Run: the same again (weights loaded)", f"{infer[1]['wall_s']} s", f"<= {TARGETS['infer_s']:g} s"),
-        (f"Train click: {train['cases']} labelled CTs, {train['max_epochs']} epochs", f"{train['wall_s']} s",
-         f"<= {TARGETS['train_s']:g} s"),
+        (f"Train click: {train['cases']} labelled CTs, {train['max_epochs']} epochs",
+         f"{train['wall_s']} s ({train['cpu_s']} CPU-s)", f"<= {TARGETS['train_s']:g} s"),
         ("Dice of Run's mask against the CT's label", f"{results['dice']:.3f}", f">= {TARGETS['dice']:g}"),
     ]
     lines = [
@@ -133,18 +145,20 @@ def run(out: str | None = None, budget_s: float = 1800.0) -> dict:
                 client.save_label(name, str(label), tag="final")
             options = client.info()["trainers"][MODEL]["config"]
             offset = server.log.stat().st_size
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), tree_cpu_s(server.process.pid)
             client.train_start(MODEL, options)
             status = server.wait_for_training(budget_s)
             train_s = round(time.perf_counter() - began, 1)
+            train_cpu_s = round(tree_cpu_s(server.process.pid) - cpu, 1)
             log = server.log.read_bytes()[offset:].decode(errors="replace")
             if status.get("status") != "DONE":
                 raise RuntimeError(f"training ended {status.get('status')}:\n{log[-4000:]}")
             infer = []
             for _ in range(2):
-                began = time.perf_counter()
+                began, cpu = time.perf_counter(), tree_cpu_s(server.process.pid)
                 mask_path, params = client.infer(MODEL, "ct", {"result_extension": ".nii.gz", "result_dtype": "uint8"})
-                infer.append({"wall_s": round(time.perf_counter() - began, 2), "server": params["latencies"]})
+                infer.append({"wall_s": round(time.perf_counter() - began, 2),
+                              "cpu_s": round(tree_cpu_s(server.process.pid) - cpu, 2), "server": params["latencies"]})
             mask = np.asarray(nib.load(mask_path).dataobj).squeeze()
             label = np.asarray(nib.load(cases["ct"][1]).dataobj)
             if mask.shape != label.shape:
@@ -161,7 +175,7 @@ def run(out: str | None = None, budget_s: float = 1800.0) -> dict:
         "cases": sorted(cases),
         "targets": TARGETS,
         "train": {"cases": len(cases), "max_epochs": options["max_epochs"], "val_interval": options["val_interval"],
-                  "learning_rate": options["learning_rate"], "wall_s": train_s, "epoch_s": epochs,
+                  "learning_rate": options["learning_rate"], "wall_s": train_s, "cpu_s": train_cpu_s, "epoch_s": epochs,
                   "epoch_median_s": float(np.median(epochs)) if epochs else None},
         "infer": infer,
         "dice": round(score, 4),
