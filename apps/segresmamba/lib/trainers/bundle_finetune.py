@@ -33,7 +33,8 @@ def finetune_defaults(bundle_config, bundle_name: str) -> dict[str, Any]:
     resolved), each parsed as a request option would be, over ``FALLBACK_DEFAULTS``.
 
     Raises:
-        ValueError: the section is not a mapping, or holds an option the app does not take or a value out of range.
+        ValueError: the section is not a mapping, holds an option the app does not take or a value out of range, or
+            its validation interval is longer than its run.
     """
     section = bundle_config.get_parsed_content(FINETUNE_SECTION) if FINETUNE_SECTION in bundle_config else {}
     if not isinstance(section, dict):
@@ -74,7 +75,9 @@ class BundleFineTune(BundleTrainTask):
         super().__init__(str(bundle.path), conf, load_strict=True)
         self.bundle = bundle
         self.defaults = finetune_defaults(self.bundle_config, bundle.name)
-        checkpoint = self.bundle_config.get_parsed_content("checkpoint_file") if "checkpoint_file" in self.bundle_config else None
+        # the bundle's training checkpoint (TrainingCheckpoint), if it keeps one
+        config = self.bundle_config
+        checkpoint = config.get_parsed_content("checkpoint_file") if "checkpoint_file" in config else None
         self.checkpoint_file = Path(checkpoint) if checkpoint else None
         self._resume = False
 
@@ -91,7 +94,8 @@ class BundleFineTune(BundleTrainTask):
         # MONAI Label's own default device is "cuda", also where there is none: the first it lists (CPU there)
         parsed = {"device": device_list()[0], **self.defaults, **parse_options(options, TRAIN_OPTIONS)}
         if parsed["val_interval"] > parsed["max_epochs"]:  # the weights are saved only after a validation
-            logger.info(f"val_interval {parsed['val_interval']} > max_epochs {parsed['max_epochs']}: validating at the last epoch")
+            logger.info(f"val_interval {parsed['val_interval']} > max_epochs {parsed['max_epochs']}: validating at the "
+                        "last epoch")
             parsed["val_interval"] = parsed["max_epochs"]
         if request.get("model", self.bundle.name) != self.bundle.name:
             raise OptionError("model", f"this task trains {self.bundle.name!r}, not {str(request['model'])[:60]!r}")
@@ -119,7 +123,7 @@ class BundleFineTune(BundleTrainTask):
         if epoch >= planned:
             return False
         if epoch >= request["max_epochs"]:
-            logger.info(f"not resuming: {self.checkpoint_file} is at epoch {epoch}, max_epochs is {request['max_epochs']}")
+            logger.info(f"not resuming: {self.checkpoint_file} is at epoch {epoch}, max_epochs {request['max_epochs']}")
             return False
         logger.info(f"resuming the training stopped at epoch {epoch}/{planned} from {self.checkpoint_file}")
         return True
