@@ -262,7 +262,7 @@ def test_slicer_sees_the_defaults_and_a_stopped_training_goes_on_from_its_checkp
         client.train_start(FAST, {**CHEAP, "max_epochs": 1})
         assert server.wait_for_training(1500)["status"] == "DONE"
         log = log_since(server, offset)
-        assert "resuming" not in log and f"Add Checkpoint Loader for Path: {weights}" in log
+        assert "resuming the training" not in log and f"Add Checkpoint Loader for Path: {weights}" in log
         assert training_progress(checkpoint) == (1, 1)
         assert requests.get(f"{server.url}/info/", timeout=30).ok
     finally:
