@@ -181,7 +181,8 @@ def test_trainer_parses_options_before_monai_label_builds_overrides(tmp_path):
     trainer({**request, "max_epochs": "3", "learning_rate": 0.01, "num_samples": 2}, Datastore())
     (overrides,) = ran
     assert overrides["train#trainer#max_epochs"] == 3 and overrides["learning_rate"] == 0.01
-    assert overrides["device"] == "$torch.device('cpu')" and overrides["val_interval"] == 1
+    # val_interval: the bundle's default 5, cut to max_epochs
+    assert overrides["device"] == "$torch.device('cpu')" and overrides["val_interval"] == 3
     assert "tracking" not in overrides  # MONAI Label's default ("None") leaves tracking off
 
 

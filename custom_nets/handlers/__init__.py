@@ -3,6 +3,7 @@
 from .checkpoint_saver import AtomicCheckpointSaver, AtomicDiskSaver
 from .curves import TrainingCurves
 from .energy import EnergyReport
-from .training_checkpoint import TrainingCheckpoint, parse_flag
+from .training_checkpoint import TrainingCheckpoint, parse_flag, training_progress
 
-__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "EnergyReport", "TrainingCheckpoint", "TrainingCurves", "parse_flag"]
+__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "EnergyReport", "TrainingCheckpoint", "TrainingCurves", "parse_flag",
+           "training_progress"]

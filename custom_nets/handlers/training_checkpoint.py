@@ -14,7 +14,7 @@ from .checkpoint_saver import AtomicCheckpointSaver
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["TrainingCheckpoint", "parse_flag"]
+__all__ = ["TrainingCheckpoint", "parse_flag", "training_progress"]
 
 _FLAGS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
@@ -32,6 +32,20 @@ def parse_flag(value: Any, name: str = "flag") -> bool:
     raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
+def training_progress(checkpoint_file: str | Path) -> tuple[int, int]:
+    """``(epochs completed, epochs planned)`` of the run that wrote ``checkpoint_file`` (a ``TrainingCheckpoint``),
+    read without loading its tensors: fewer completed than planned means the run stopped before its end.
+
+    Raises:
+        ValueError: the file holds no trainer state (not a ``TrainingCheckpoint`` file).
+    """
+    state = torch.load(checkpoint_file, map_location="cpu", weights_only=True, mmap=True).get("trainer")
+    if not isinstance(state, dict) or "epoch_length" not in state or "max_epochs" not in state:
+        raise ValueError(f"{checkpoint_file} holds no trainer state: not a training checkpoint")
+    epoch = state["epoch"] if "epoch" in state else state["iteration"] // state["epoch_length"]
+    return int(epoch), int(state["max_epochs"])
+
+
 class TrainingCheckpoint:
     """Ignite handler for a trainer: keep everything a run needs to go on in one file, and go on from it.
 
@@ -39,7 +53,8 @@ class TrainingCheckpoint:
     file ``checkpoint_file`` is replaced atomically with the state dicts of ``save_dict``'s objects, of the trainer
     (epoch, iteration, max_epochs) and of the trainer's AMP grad scaler when it has one. Everything in it is a
     plain container: ``torch.load(..., weights_only=True)`` reads it. With ``resume`` the file is loaded when the
-    trainer starts (MONAI's ``CheckpointLoader``), so training continues after the last saved epoch.
+    trainer starts (MONAI's ``CheckpointLoader``), so training continues after the last saved epoch, with as many
+iterations per epoch as the data it is given now (the datalist may have grown since the checkpoint was written).
 
     Args:
         checkpoint_file: the training checkpoint (e.g. ``models/checkpoint.pt``); its folder is created if missing.
@@ -82,7 +97,22 @@ class TrainingCheckpoint:
             objects["scaler"] = scaler
         return objects
 
+    @staticmethod
+    def _fit_epoch_length(engine: Engine) -> None:
+        # The loaded trainer state keeps the epoch length of the run that saved it; ignite would run epochs of that
+        # many iterations over data of another length.
+        try:
+            length = len(engine.state.dataloader)
+        except TypeError:  # data without a length: ignite keeps the epoch length it was given
+            return
+        if length != engine.state.epoch_length:
+            epoch = engine.state.epoch
+            engine.state.epoch_length = length
+            engine.state.iteration = epoch * length
+
     def attach(self, engine: Engine) -> None:
+        from ignite.engine import Events
+
         objects = self.objects(engine)
         if self.resume:
             if not self.checkpoint_file.is_file():
@@ -91,6 +121,7 @@ class TrainingCheckpoint:
                     "ckpt_dir writes it after each epoch); start without resume to train from scratch"
                 )
             CheckpointLoader(str(self.checkpoint_file), objects, map_location=self.map_location).attach(engine)
+            engine.add_event_handler(Events.STARTED, self._fit_epoch_length)
         AtomicCheckpointSaver(
             str(self.checkpoint_file.parent), objects, save_interval=self.save_interval, n_saved=1,
             interval_filename=self.checkpoint_file.name,
