@@ -181,7 +181,7 @@ class InferencePipeline:
         if hasattr(self.inferer, "progress"):
             self.inferer.progress = bool(show)
 
-    def preprocess(self, source, spatial_shape: tuple[int, ...] | None = None) -> dict:
+    def preprocess(self, source, spatial_shape: tuple[int, ...] | None = None, clicks: dict | None = None) -> dict:
         """Load and preprocess one image (a file, a DICOM series folder, or a list of single-channel files stacked
         as the channels) with the bundle's preprocessing.
 
@@ -189,6 +189,8 @@ class InferencePipeline:
             source: the image, or its channels' files in the bundle's channel order.
             spatial_shape: the size its header gives, if known: a loaded image of another size is refused (a
                 series reader skips a damaged DICOM slice with a mere warning).
+            clicks: a click-guided bundle's clicks, label name -> ``[i, j, k]`` voxel indices of the image as loaded
+                (see ``custom_nets.interactive.ClicksToGuidanced``); none: automatic segmentation.
 
         Raises:
             InputError: the image cannot be read or preprocessed, has the wrong number of channels, or loads with
@@ -199,7 +201,7 @@ class InferencePipeline:
         key = self.bundle.input_key
         loadable = [str(s) for s in source] if isinstance(source, (list, tuple)) else str(source)
         try:
-            data = self.preprocessing({key: loadable})
+            data = self.preprocessing({**(clicks or {}), key: loadable})
         except Exception as e:
             raise InputError(f"cannot load {source}: {_first_line(_root_cause(e))}") from None
         image = data[key]
@@ -217,9 +219,14 @@ class InferencePipeline:
         return data
 
     def __call__(
-        self, source, spatial_shape: tuple[int, ...] | None = None, tta: bool = False, probabilities: bool = False
+        self,
+        source,
+        spatial_shape: tuple[int, ...] | None = None,
+        tta: bool = False,
+        probabilities: bool = False,
+        clicks: dict | None = None,
     ) -> Prediction:
-        """Segment one image (``source``, ``spatial_shape``: see ``preprocess``).
+        """Segment one image (``source``, ``spatial_shape``, ``clicks``: see ``preprocess``).
 
         Args:
             tta: average the probabilities over flips of each spatial axis (``flip_averaged``) before the mask is
@@ -246,7 +253,7 @@ class InferencePipeline:
             self.check_probabilities("--tta")
         if probabilities:
             self.check_probabilities("--save_probabilities")
-        data = self.preprocess(source, spatial_shape)
+        data = self.preprocess(source, spatial_shape, clicks)
         key = self.bundle.output_key
         saved = None
         with torch.no_grad():
