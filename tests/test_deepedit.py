@@ -170,6 +170,7 @@ def test_next_click_is_the_centre_of_the_largest_error_region():
     assert next_click(truth, truth) is None
 
 
+@pytest.mark.slow  # 9 min each on 2 shared cores (load 11-15): the guided training steps and validations
 @pytest.mark.parametrize("name", FAST)
 def test_train_with_simulated_clicks_evaluate_infer(name, tmp_path, monkeypatch):
     """``run training`` (MONAI's DeepEdit Interaction simulates clicks), ``run evaluating`` with the evaluation
