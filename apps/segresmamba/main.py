@@ -35,7 +35,7 @@ from lib.activelearning import MostUncertain
 from lib.datastore import CheckedDICOMWebDatastore, CheckedLocalDatastore, check_image, checked_id
 from lib.exposure import exposure_warning, served_host
 from lib.inference_queue import InferenceQueue
-from lib.infers import BundleSegmentation
+from lib.infers import BundleSegmentation, DeepEditSegmentation
 from lib.modality import check_modality
 from lib.scoring import ModelDice, TTAUncertainty
 from lib.trainers import BundleFineTune
@@ -76,7 +76,10 @@ class SegResMambaApp(MONAILabelApp):
         )
 
     def init_infers(self):
-        self.infer_tasks = {name: BundleSegmentation(bundle) for name, bundle in self.bundles.items()}
+        self.infer_tasks = {
+            name: DeepEditSegmentation(bundle) if bundle.click_labels else BundleSegmentation(bundle)
+            for name, bundle in self.bundles.items()
+        }
         return dict(self.infer_tasks)
 
     def init_trainers(self):
@@ -114,6 +117,10 @@ class SegResMambaApp(MONAILabelApp):
                 status_code=404, detail=f"unknown model {model!r}; this server has {sorted(self.infer_tasks)}"
             )
         return self.infer_tasks[model]
+
+    def served_labels(self) -> set[str]:
+        """Every label of every model served (3D Slicer's DeepEdit requests name them all)."""
+        return {label for task in self.infer_tasks.values() for label in (task.labels or {})}
 
     def trainer_names(self) -> list[str]:
         return sorted(self.train_tasks)

@@ -91,6 +91,18 @@ class Bundle:
         return int(self._data_format("inputs")[self.input_key].get("num_channels", 1))
 
     @property
+    def click_labels(self) -> dict[str, int]:
+        """Label name -> value of a click-guided (DeepEdit) bundle, background included, in the order of its
+        guidance channels (metadata ``click_guidance.label_names``); empty for a bundle that takes no clicks."""
+        return {str(k): int(v) for k, v in self.metadata.get("click_guidance", {}).get("label_names", {}).items()}
+
+    @property
+    def image_channels(self) -> int:
+        """Image channels an input file has: the network's input channels less a click-guided bundle's guidance
+        channels (those are made from the clicks)."""
+        return self.input_channels - len(self.click_labels)
+
+    @property
     def input_channel_names(self) -> tuple[str, ...]:
         """Names of the input channels in the network's order, as the metadata gives them (e.g. BraTS: FLAIR, T1,
         T1ce, T2); empty where the metadata names none."""

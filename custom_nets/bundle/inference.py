@@ -214,7 +214,7 @@ class InferencePipeline:
         if hasattr(self.inferer, "progress"):
             self.inferer.progress = bool(show)
 
-    def preprocess(self, source, spatial_shape: tuple[int, ...] | None = None) -> dict:
+    def preprocess(self, source, spatial_shape: tuple[int, ...] | None = None, clicks: dict | None = None) -> dict:
         """Load and preprocess one image (a file, a DICOM series folder, or a list of single-channel files stacked
         as the channels) with the bundle's preprocessing.
 
@@ -222,6 +222,8 @@ class InferencePipeline:
             source: the image, or its channels' files in the bundle's channel order.
             spatial_shape: the size its header gives, if known: a loaded image of another size is refused (a
                 series reader skips a damaged DICOM slice with a mere warning).
+            clicks: a click-guided bundle's clicks, label name -> ``[i, j, k]`` voxel indices of the image as loaded
+                (see ``custom_nets.interactive.ClicksToGuidanced``); none: automatic segmentation.
 
         Raises:
             InputError: the image cannot be read or preprocessed, has the wrong number of channels, or loads with
@@ -232,7 +234,7 @@ class InferencePipeline:
         key = self.bundle.input_key
         loadable = [str(s) for s in source] if isinstance(source, (list, tuple)) else str(source)
         try:
-            data = self.preprocessing({key: loadable})
+            data = self.preprocessing({**(clicks or {}), key: loadable})
         except Exception as e:
             raise InputError(f"cannot load {source}: {_first_line(_root_cause(e))}") from None
         image = data[key]
@@ -256,8 +258,9 @@ class InferencePipeline:
         tta: bool = False,
         probabilities: bool = False,
         regions: bool = False,
+        clicks: dict | None = None,
     ) -> Prediction:
-        """Segment one image (``source``, ``spatial_shape``: see ``preprocess``).
+        """Segment one image (``source``, ``spatial_shape``, ``clicks``: see ``preprocess``).
 
         Args:
             tta: average the probabilities over flips of each spatial axis (``flip_averaged``) before the mask is
@@ -288,7 +291,7 @@ class InferencePipeline:
             self.check_probabilities("--save_probabilities")
         if regions:
             self.check_regions("--brats_regions")
-        data = self.preprocess(source, spatial_shape)
+        data = self.preprocess(source, spatial_shape, clicks)
         key = self.bundle.output_key
         saved = None
         with torch.no_grad():

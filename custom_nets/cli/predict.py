@@ -177,9 +177,9 @@ def predict(
         check_size(image, header, int(max_voxels))
         for part, part_header in _channel_files(image):
             check_size(part, part_header, int(max_voxels))
-        if header.num_channels != chosen.input_channels:
+        if header.num_channels != chosen.image_channels:
             raise InputError(
-                f"{image.path} has {header.num_channels} channel(s); bundle {chosen.name} expects {chosen.input_channels}"
+                f"{image.path} has {header.num_channels} channel(s); bundle {chosen.name} expects {chosen.image_channels}"
             )
         if output_format == "dicom_seg" and image.format != "dicom":
             raise InputError(f"output_format dicom_seg needs DICOM series inputs; {image.path} is {image.format}")

@@ -13,6 +13,7 @@ from monailabel.endpoints.infer import ResultType, send_response
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
 
+from lib.clicks import take_clicks
 from lib.datastore import checked_id
 from lib.options import INFER_OPTIONS, parse_json_params, parse_options
 from lib.uploads import IMAGE_UPLOAD_SUFFIXES, saved_upload, upload_suffix
@@ -62,8 +63,9 @@ async def api_run_inference(
     request ends; and the inference runs on the app's bounded queue, off the event loop (503 when full).
     """
     app = app_instance()
-    app.infer_task(model)
-    options = parse_options(parse_json_params(params), INFER_OPTIONS)
+    task = app.infer_task(model)
+    clicks, rest = take_clicks(parse_json_params(params), getattr(task, "click_labels", None), app.served_labels())
+    options = parse_options(rest, INFER_OPTIONS)
     if session_id:
         raise _unsupported("session_id (sessions)")
     if label is not None:
@@ -78,6 +80,6 @@ async def api_run_inference(
         checked_id(image)
         if not app.datastore().get_image_uri(image):
             raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")
-    request = {**options, "model": model, "image": image}
+    request = {**options, **clicks, "model": model, "image": image}
     logger.info(f"Infer request: {request}")
     return await app.inference_queue.run(_infer_and_respond, model, request, file, output, background_tasks)

@@ -1,3 +1,4 @@
 from .bundle_segmentation import BundleSegmentation
+from .deepedit import DeepEditSegmentation
 
-__all__ = ["BundleSegmentation"]
+__all__ = ["BundleSegmentation", "DeepEditSegmentation"]

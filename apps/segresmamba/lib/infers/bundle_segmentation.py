@@ -28,14 +28,14 @@ class BundleSegmentation(BasicInferTask):
     the new weights. A bundle without weights is listed but answers inference with HTTP 409.
     """
 
-    def __init__(self, bundle: Bundle, **kwargs: Any):
+    def __init__(self, bundle: Bundle, type: str = InferType.SEGMENTATION, labels: dict | None = None, **kwargs: Any):
         self.bundle = bundle
         self.parser = bundle.parser("inference")
         super().__init__(
             path=str(bundle.weights),
             network=self.parser.get_parsed_content("network_def"),
-            type=InferType.SEGMENTATION,
-            labels=bundle.labels,
+            type=type,
+            labels=labels or bundle.labels,
             dimension=3,
             description=bundle.metadata["description"],
             model_state_dict="model",

@@ -44,6 +44,7 @@ class ModelDice(WeightsScoring):
         if prediction.shape != label.shape:
             logger.warning(f"{image_id}: prediction {tuple(prediction.shape)} vs label {tuple(label.shape)}")
             return None
-        per_label = dice_per_label(prediction.round().long(), label.round().long(), self.infer.labels)
+        organs = {name: value for name, value in self.infer.labels.items() if name != "background"}  # DeepEdit lists it
+        per_label = dice_per_label(prediction.round().long(), label.round().long(), organs)
         present = [v for v in per_label.values() if v == v]
         return {"mean": sum(present) / len(present) if present else float("nan"), "per_label": per_label}

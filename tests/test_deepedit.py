@@ -1,0 +1,198 @@
+"""Click-guided (DeepEdit) bundles and their clicks: configs, metadata, click parsing and mapping, NoC clicks, and
+train -> evaluate -> inference with simulated clicks (tiny, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bundle_data import make_btcv_tree, make_msd_tree
+from custom_nets.bundle import find_bundle
+from custom_nets.interactive import ClickError, next_click, parse_clicks
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ROOT / "bundles"
+SCHEMA = ROOT / "data" / "schemas" / "meta_schema_20240725.json"
+# click-guided bundle -> the plain bundle it adds clicks to
+PLAIN = {
+    "spleen_ct_segresmamba_deepedit": "spleen_ct_segresmamba",
+    "spleen_ct_segresmamba_deepedit_fast": "spleen_ct_segresmamba_fast",
+    "btcv_ct_segresmamba_deepedit": "btcv_ct_segresmamba",
+    "btcv_ct_segresmamba_deepedit_fast": "btcv_ct_segresmamba_fast",
+}
+FAST = {"spleen_ct_segresmamba_deepedit_fast": "spleen_ct_segresmamba_deepedit",
+        "btcv_ct_segresmamba_deepedit_fast": "btcv_ct_segresmamba_deepedit"}
+FAST_SETTINGS = {"feature_size", "patch_size", "pixdim", "learning_rate", "num_samples"}
+SPLEEN = {"spleen": 1, "background": 0}
+
+
+def config(name: str, file: str) -> dict:
+    return json.loads((BUNDLES / name / "configs" / file).read_text())
+
+
+def test_bundles_are_found_as_click_guided_by_their_metadata():
+    for name, plain in PLAIN.items():
+        bundle, other = find_bundle(BUNDLES / name), find_bundle(BUNDLES / plain)
+        assert bundle.click_labels == {**other.labels, "background": 0}  # plain labels, background last
+        assert list(bundle.click_labels)[-1] == "background"
+        assert bundle.image_channels == 1 and bundle.input_channels == 1 + len(bundle.click_labels)
+        assert other.click_labels == {} and other.image_channels == other.input_channels
+        assert bundle.output_channels == other.output_channels
+        for file in ("train.json", "inference.json"):  # the configs' guidance channels are the metadata's
+            assert config(name, file)["label_names"] == bundle.click_labels, (name, file)
+
+
+@pytest.mark.parametrize("name", PLAIN)
+def test_metadata_and_files_as_the_zoo_reads_them(name):
+    from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
+
+    meta_file = str(BUNDLES / name / "configs" / "metadata.json")
+    verify_metadata(meta_file=meta_file, filepath=str(SCHEMA))
+    verify_net_in_out(net_id="network_def", meta_file=meta_file,
+                      config_file=str(BUNDLES / name / "configs" / "inference.json"), any=40, feature_size=8)
+    ours, plain = config(name, "metadata.json"), config(PLAIN[name], "metadata.json")
+    assert ours["required_packages_version"] == plain["required_packages_version"]
+    assert (BUNDLES / name / "LICENSE").read_text() == (BUNDLES / PLAIN[name] / "LICENSE").read_text()
+    for file in ("logging.conf", "evaluate.json", "multi_gpu_train.json", "multi_gpu_evaluate.json"):
+        assert (BUNDLES / name / "configs" / file).read_text() == (BUNDLES / PLAIN[name] / "configs" / file).read_text()
+    handlers = config(name, "train.json")["train"]["handlers"]  # MONAI Label's train task reads them as dicts
+    assert handlers and all(isinstance(h, dict) and "_target_" in h for h in handlers)
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / name / "large_files.yml"))
+    assert parser.get()["large_files"] == []  # no weights are released
+    assert (BUNDLES / name / "docs" / "README.md").is_file()
+
+
+@pytest.mark.parametrize("fast", FAST)
+def test_fast_bundle_is_the_full_bundle_with_its_settings(fast):
+    full = FAST[fast]
+    for file in ("train.json", "inference.json"):
+        ours, theirs = config(fast, file), config(full, file)
+        assert ours.keys() == theirs.keys(), file
+        assert {key for key in ours if ours[key] != theirs[key]} <= FAST_SETTINGS, file
+    assert config(fast, "train.json")["pixdim"] == [3.0, 3.0, 3.0]
+    fast_meta, full_meta = config(fast, "metadata.json"), config(full, "metadata.json")
+    assert fast_meta["network_data_format"] == full_meta["network_data_format"]
+    assert fast_meta["click_guidance"] == full_meta["click_guidance"]
+
+
+@pytest.mark.parametrize("name", PLAIN)
+def test_click_guided_bundle_is_its_plain_bundle_with_guidance(name):
+    """The plain bundle's workflow: the same settings, preprocessing and network but for its input channels."""
+    for file in ("train.json", "inference.json"):
+        ours, plain = config(name, file), config(PLAIN[name], file)
+        added = set(ours) - set(plain)
+        assert added <= {"label_names", "guidance_sigma", "deepgrow_probability_train", "deepgrow_probability_val"}
+        same = {key for key in plain if key not in ("imports", "network_def", "train", "validate", "preprocessing")}
+        assert {key: ours[key] for key in same} == {key: plain[key] for key in same}, file
+        assert {**ours["network_def"], "in_channels": 1} == plain["network_def"]
+    train = config(name, "train.json")
+    assert train["train"]["trainer"]["iteration_update"] == "@train#interaction"
+    assert train["train"]["interaction"]["_target_"] == "monai.apps.deepedit.interaction.Interaction"
+    assert train["validate"]["evaluator"]["iteration_update"] == "@validate#interaction"
+
+
+def test_parse_clicks_accepts_voxel_indices_of_known_labels():
+    assert parse_clicks({"spleen": [[1, 2, 3]]}, SPLEEN, (4, 4, 4)) == {"spleen": [[1, 2, 3]], "background": []}
+    assert parse_clicks({}, SPLEEN) == {"spleen": [], "background": []}
+    assert parse_clicks({"background": [(0, 0, 0), [3, 3, 3]]}, SPLEEN, (4, 4, 4))["background"] == [[0, 0, 0],
+                                                                                                       [3, 3, 3]]
+
+
+@pytest.mark.parametrize("clicks, words", [
+    ({"liver": [[1, 2, 3]]}, "unknown label 'liver'"),
+    ({"spleen": [[4, 2, 3]]}, "outside the image"),
+    ({"spleen": [[-1, 2, 3]]}, "outside the image"),
+    ({"spleen": [[1.0, 2, 3]]}, "whole numbers"),
+    ({"spleen": [[True, 2, 3]]}, "whole numbers"),
+    ({"spleen": [["1", 2, 3]]}, "whole numbers"),
+    ({"spleen": [[1, 2]]}, "expected [i, j, k]"),
+    ({"spleen": "$print(1)"}, "expected a list"),
+    ({"spleen": [[1, 2, 3]] * 1001}, "at most 1000"),
+])
+def test_parse_clicks_refuses_bad_clicks_naming_them(clicks, words):
+    with pytest.raises(ClickError, match=None) as error:
+        parse_clicks(clicks, SPLEEN, (4, 4, 4))
+    assert words in str(error.value)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def test_clicks_follow_orientation_spacing_and_crop(tmp_path):
+    """A click given as a voxel of the image as stored lands, after the bundle's preprocessing (RAS orientation,
+    3 mm spacing, foreground crop), on the same point of the patient; a background click in its own channel."""
+    from monai.bundle import ConfigParser
+
+    shape = (40, 30, 20)
+    affine = np.array([[-2.0, 0, 0, 50], [0, 0, 2.5, -30], [0, -1.5, 0, 20], [0, 0, 0, 1]])  # flipped, permuted
+    image = np.full(shape, 100, dtype=np.int16)
+    image[:3] = -1000  # air cropped away by the foreground crop
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), path)
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / "spleen_ct_segresmamba_deepedit_fast" / "configs" / "inference.json"))
+    preprocessing = parser.get_parsed_content("preprocessing")
+    click, other = [30, 12, 7], [10, 20, 15]
+    data = preprocessing({"image": str(path), "spleen": [click], "background": [other]})
+    volume = data["image"]
+    assert volume.shape[0] == 3 and float(volume[1:].abs().max()) > 0
+    current = np.asarray(volume.affine)
+    for channel, voxel in ((1, click), (2, other)):
+        peak = np.unravel_index(int(np.argmax(np.asarray(volume[channel]))), volume.shape[1:])
+        landed = (current @ [*peak, 1.0])[:3]
+        wanted = (affine @ [*voxel, 1.0])[:3]  # both in RAS world coordinates
+        assert np.linalg.norm(landed - wanted) <= 3.0 * np.sqrt(3) / 2 + 1e-6, (channel, landed, wanted)
+
+    empty = preprocessing({"image": str(path)})["image"]  # no clicks: zero guidance, automatic segmentation
+    assert empty.shape[0] == 3 and float(empty[1:].abs().max()) == 0
+    with pytest.raises(Exception) as error:
+        preprocessing({"image": str(path), "spleen": [[40, 0, 0]]})
+    assert isinstance(_root_cause(error.value), ClickError) and "outside the image" in str(_root_cause(error.value))
+
+
+def test_next_click_is_the_centre_of_the_largest_error_region():
+    truth = np.zeros((20, 20, 20), dtype=bool)
+    truth[2:13, 2:13, 2:13] = True  # 11^3 missed entirely: centre (7, 7, 7)
+    prediction = np.zeros_like(truth)
+    prediction[15:18, 15:18, 15:18] = True  # 3^3 wrongly added: smaller
+    assert next_click(prediction, truth) == ((7, 7, 7), True)
+    prediction = truth.copy()
+    prediction[14:19, 14:19, 14:19] = True  # now the largest error is added: a background click at its centre
+    assert next_click(prediction, truth) == ((16, 16, 16), False)
+    assert next_click(truth, truth) is None
+
+
+@pytest.mark.slow  # 9 min each on 2 shared cores (load 11-15): the guided training steps and validations
+@pytest.mark.parametrize("name", FAST)
+def test_train_with_simulated_clicks_evaluate_infer(name, tmp_path, monkeypatch):
+    """``run training`` (MONAI's DeepEdit Interaction simulates clicks), ``run evaluating`` with the evaluation
+    config and with the inference config (no clicks: automatic segmentation), on a tiny dataset."""
+    from monai.bundle import run
+
+    monkeypatch.chdir(tmp_path)
+    btcv = name.startswith("btcv")
+    dataset = make_btcv_tree(tmp_path / "BTCV", num_cases=2) if btcv else make_msd_tree(tmp_path / "Spleen", 2, 1)
+    files = [str(BUNDLES / name / "configs" / f) for f in ("train.json", "evaluate.json", "inference.json")]
+    root = tmp_path / "run"
+    common = {"bundle_root": str(root), "dataset_dir": str(dataset), "num_workers": 0, "sw_batch_size": 1,
+              "num_samples": 1}
+    steps = {"max_steps": 1} if btcv else {"epochs": 1}
+    run("training", config_file=files[:1], **common, **steps, val_interval=1, num_val_cases=1)
+    assert sorted(p.name for p in (root / "models").iterdir()) == ["checkpoint.pt", "model.pt"]
+    run("evaluating", config_file=files[:2], **common, num_val_cases=1)
+    dice = (root / "eval" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert dice[0] == "val_mean_dice" and 0 <= float(dice[1]) <= 1
+    run("evaluating", config_file=files[2:], **common)
+    masks = sorted((root / "eval").glob("*_seg.nii.gz"))
+    assert masks
+    for mask in masks:
+        values = np.asarray(nib.load(mask).dataobj)
+        assert values.ndim == 3 and set(np.unique(values)) <= set(find_bundle(BUNDLES / name).click_labels.values())
