@@ -61,17 +61,22 @@ class DirectionalScan(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, backend: str) -> torch.Tensor:
         """``x``, ``z``: ``(batch, d_inner, L)`` in this direction's order; ``backend``: a resolved scan backend
-        (``resolve_backend``). Returns ``(batch, d_inner, L)`` float32, gated by ``silu(z)``."""
+        (``resolve_backend``). Returns ``(batch, d_inner, L)`` gated by ``silu(z)``, in the dtype of the conv1d's
+        output (the autocast dtype under autocast, else ``x``'s)."""
         x = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, backend)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (batch, d_inner, L); bias added in the scan
-        # The scan runs in float32 whatever autocast does: fp16 scans overflow.
+        # Every backend computes in float32 inside (fp16 scans overflow) and returns u's dtype, so the sequences go
+        # in as they are: float32 copies of them would be what the scan keeps for backward, twice the size under
+        # AMP. The parameters go in as float32, as mamba-ssm passes them. Autocast is off inside, where the torch
+        # backend's float32 products must stay float32.
+        dtype = x.dtype
         device_type = x.device.type if torch.amp.is_autocast_available(x.device.type) else "cpu"
         with torch.autocast(device_type=device_type, enabled=False):
             return selective_scan(
-                x.float(), dt.float(), -torch.exp(self.A_log.float()),
-                B.transpose(1, 2).float(), C.transpose(1, 2).float(), self.D.float(), z.float(),
-                delta_bias=self.dt_proj.bias.float(), delta_softplus=True, backend=backend,
+                x, dt.to(dtype), -torch.exp(self.A_log.float()), B.transpose(1, 2).to(dtype),
+                C.transpose(1, 2).to(dtype), self.D.float(), z.to(dtype), delta_bias=self.dt_proj.bias.float(),
+                delta_softplus=True, backend=backend,
             )
 
 
@@ -108,7 +113,9 @@ class TriOrientedMamba(nn.Module):
             pass for all three directions. The ``backend`` attribute may be changed later (ONNX export sets
             ``"static"``).
         recompute: keep only the layer's input for the backward pass, which recomputes the rest (norm, projections,
-            conv1d, reorders, scans): less memory for one more forward pass of the layer. Same results.
+            conv1d, reorders, scans): less memory for one more forward pass of the layer. Same results. Inside that
+            recomputation each direction keeps only its input again and is recomputed when its gradient comes, so
+            the intermediates of one direction, not of three, are alive at a time.
 
     Shapes: ``(batch, C, D, H, W) -> (batch, C, D, H, W)``.
     """
@@ -146,11 +153,20 @@ class TriOrientedMamba(nn.Module):
 
     def _mix(self, x: torch.Tensor, backend: str) -> torch.Tensor:
         """The layer without its residual: ``out_proj(sum_dir scan_dir(in_proj(LayerNorm(x))))``."""
-        spatial = x.shape[2:]
+        spatial = tuple(x.shape[2:])
         tokens = self.norm(x.flatten(2).transpose(1, 2))  # (batch, L, C), raster order
         xs, zs = self.in_proj(tokens).transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, L) each
-        mixed = sum(
-            _from_order(scan(_to_order(xs, name, spatial), _to_order(zs, name, spatial), backend), name, spatial)
-            for name, scan in zip(DIRECTIONS, self.scans)
-        )
-        return self.out_proj(mixed.transpose(1, 2).to(tokens.dtype)).transpose(1, 2).reshape(x.shape)
+        nested = self.recompute and torch.is_grad_enabled()
+        mixed = None
+        for name, scan in zip(DIRECTIONS, self.scans):
+            arguments = (scan, name, xs, zs, spatial, backend)
+            out = checkpoint(_scan_in_order, *arguments, use_reentrant=False) if nested else _scan_in_order(*arguments)
+            mixed = out if mixed is None else mixed + out
+        return self.out_proj(mixed.transpose(1, 2)).transpose(1, 2).reshape(x.shape)
+
+
+def _scan_in_order(
+    scan: DirectionalScan, name: str, xs: torch.Tensor, zs: torch.Tensor, spatial: tuple[int, int, int], backend: str
+) -> torch.Tensor:
+    """One direction of ToM on raster-order sequences: reorder, scan, back to raster order."""
+    return _from_order(scan(_to_order(xs, name, spatial), _to_order(zs, name, spatial), backend), name, spatial)
