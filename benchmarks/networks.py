@@ -42,9 +42,23 @@ ABLATIONS = (
     "segresmamba_tom_recompute",
 )
 SECTIONS = ("train", "ablations", "modules", "infer", "window")
-# --quick: the issue's comparison in under 30 min on 2 cores: these networks, one timed step each, one window each
-QUICK_NETWORKS = ("segresmamba", "swinunetr", "segresnet", "segmamba")
+# --quick: the issue's comparison in under 30 min on 2 cores, one timed step or window per case
+QUICK_NETWORKS = ("segresmamba", "segresmamba_tom_recompute", "swinunetr", "segresnet", "segmamba")
+QUICK_WINDOW_NETWORKS = ("segresmamba", "segresmamba_bf16", "swinunetr", "segresnet", "segmamba")
 QUICK_PATCHES = (64, 96)
+
+
+def quick_plan(patches=QUICK_PATCHES, networks=None, repeats: int = 1, sections=("window", "train")) -> list[dict]:
+    """The cases of ``run --quick``, cheapest first: one 96^3 window per network, then training steps by patch.
+    ``networks`` replaces both lists."""
+    cases = []
+    if "window" in sections:
+        cases += [{"kind": "window", "network": network, "scan_backend": "torch", "repeats": repeats}
+                  for network in networks or QUICK_WINDOW_NETWORKS]
+    if "train" in sections:
+        cases += [{"kind": "train", "network": network, "task": "spleen", "patch": patch, "scan_backend": "torch",
+                   "repeats": repeats} for patch in patches for network in networks or QUICK_NETWORKS]
+    return cases
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
@@ -227,8 +241,8 @@ def run(
         if device != "cpu":
             raise ValueError("--quick is a CPU run")
         given = lambda value, default: default if value is None else value  # noqa: E731
-        sections = given(sections, ("train", "window"))
-        networks = (networks,) if isinstance(networks, str) else given(networks, QUICK_NETWORKS)
+        sections = given(sections, ("window", "train"))
+        networks = (networks,) if isinstance(networks, str) else networks
         cpu_patches = given(cpu_patches, QUICK_PATCHES)
         repeats = given(repeats, 1)
         out = out or str(REPO_ROOT / "benchmarks" / "results" / "cpu_quick")
@@ -242,7 +256,10 @@ def run(
     cpu_patches = (cpu_patches,) if isinstance(cpu_patches, int) else tuple(cpu_patches)
     cpu_ablation_patches = (cpu_ablation_patches,) if isinstance(cpu_ablation_patches, int) else tuple(cpu_ablation_patches)
     out_dir = Path(out) if out else REPO_ROOT / "benchmarks" / "results" / ("gpu" if device == "cuda" else "cpu")
-    cases = plan(device, sections, cpu_patches, cpu_ablation_patches, repeats, crop, ct)
+    if quick:
+        cases = quick_plan(cpu_patches, networks and tuple(networks), repeats, sections)
+    else:
+        cases = plan(device, sections, cpu_patches, cpu_ablation_patches, repeats, crop, ct)
     if networks is not None:
         keep = {networks} if isinstance(networks, str) else set(networks)
         unknown = keep - set(NETWORKS)
@@ -265,8 +282,8 @@ def run(
         if crop:
             notes.append(f"CPU inference on a centre crop of at most {crop} voxels per axis of the CT, for time.")
         if quick:
-            notes.append(f"Quick run: {', '.join(networks)}; {repeats} timed step(s) or window(s) per case after a "
-                         "warm-up, so times are single measurements; ratios compare cases of this run.")
+            notes.append(f"Quick run (`--quick`): {repeats} timed step(s) or window(s) per case after a warm-up, so "
+                         "times are single measurements; ratios compare cases of this run.")
     else:
         torch.backends.cudnn.benchmark = True  # as the Model Zoo bundles train; its autotuning runs in the warm-up
         notes.append("cudnn.benchmark on, as in the Model Zoo bundles (autotuning happens in the warm-up step).")

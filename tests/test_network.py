@@ -181,3 +181,21 @@ def test_cuda_and_torch_backends_give_the_same_network():
     for name, grad in results["torch"][1].items():
         scale = grad.abs().max().item()
         torch.testing.assert_close(results["cuda"][1][name], grad, rtol=1.2e-3, atol=4e-3 * max(scale, 1e-3), msg=name)
+
+
+def test_cpu_bfloat16_inference_only_where_the_cpu_has_it(monkeypatch):
+    from custom_nets.networks import segresmamba
+
+    net = small_net(cpu_bfloat16=True).eval()
+    reference = small_net().eval()
+    x = torch.randn(1, 1, 32, 32, 40)
+    with torch.no_grad():
+        expected = reference(x)
+        monkeypatch.setattr(segresmamba, "cpu_has_bfloat16", lambda: True)
+        low = net(x)
+        monkeypatch.setattr(segresmamba, "cpu_has_bfloat16", lambda: False)
+        torch.testing.assert_close(net(x), expected, rtol=0, atol=0)  # float32 where the CPU lacks bfloat16
+    assert low.dtype == torch.float32 and not torch.equal(low, expected)  # it ran in bfloat16
+    torch.testing.assert_close(low, expected, rtol=0.05, atol=0.05 * expected.abs().max().item())
+    monkeypatch.setattr(segresmamba, "cpu_has_bfloat16", lambda: True)
+    torch.testing.assert_close(net(x), reference(x), rtol=0, atol=0)  # with gradients: float32, training unchanged
