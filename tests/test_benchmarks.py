@@ -200,7 +200,7 @@ def test_run_writes_results(tmp_path):
     run("cpu", out=str(out), quick=True, networks=("unet",), cpu_patches=(32,), threads=1)
     results = load_results(out / "results.json")
     assert {"date", "torch", "monai", "cpu"} <= set(results["environment"])
-    record, window = results["records"]
+    window, record = results["records"]  # the window first: quick runs put the target cases first
     assert record["status"] == "ok", record
     assert record["peak_measure"] == "peak RSS increase" and record["peak_bytes"] > 0 and record["time_s"] > 0
     assert record["memory_steps"] == 1 and record["repeats"] == 1  # memory from its own process, time from another

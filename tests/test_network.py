@@ -140,15 +140,22 @@ def test_tom_recompute_keeps_only_the_input_and_gives_the_same_outputs_and_gradi
     for recompute in (False, True):
         torch.manual_seed(0)
         tom = TriOrientedMamba(8, recompute=recompute)
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        saved = {}  # bytes per storage kept for backward: a tensor saved by several functions counts once
+
+        def pack(t):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             y = tom(x)
         grads = torch.autograd.grad(y.square().sum(), [x, *tom.parameters()])
-        results[recompute] = y, grads, sum(saved)
-    torch.testing.assert_close(results[True][0], results[False][0], rtol=0, atol=0)
+        results[recompute] = y, grads, sum(saved.values())
+    # the same up to float rounding: with recompute the three projected directions are summed
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-6)
     for recomputed, kept in zip(results[True][1], results[False][1]):
-        torch.testing.assert_close(recomputed, kept, rtol=0, atol=0)
-    assert results[True][2] <= x.numel() < results[False][2] / 10  # what the layer keeps for backward
+        torch.testing.assert_close(recomputed, kept, rtol=1e-5, atol=1e-5)
+    x_bytes = x.numel() * x.element_size()
+    assert results[True][2] <= x_bytes < results[False][2] / 10  # what the layer keeps for backward
     with torch.no_grad():
         torch.testing.assert_close(tom(x), results[False][0].detach(), rtol=0, atol=0)
     net = small_net(tom_recompute=True)

@@ -112,10 +112,11 @@ class TriOrientedMamba(nn.Module):
         backend: scan backend, ``"auto"`` or a name of ``custom_nets.ops.BACKENDS``, resolved once per forward
             pass for all three directions. The ``backend`` attribute may be changed later (ONNX export sets
             ``"static"``).
-        recompute: keep only the layer's input for the backward pass, which recomputes the rest (norm, projections,
-            conv1d, reorders, scans): less memory for one more forward pass of the layer. Same results. Inside that
-            recomputation each direction keeps only its input again and is recomputed when its gradient comes, so
-            the intermediates of one direction, not of three, are alive at a time.
+        recompute: keep only the layer's input for the backward pass. Each direction then runs on its own from
+            that input (norm, in_proj, conv1d, reorders, scan, out_proj) and the backward pass recomputes one
+            direction at a time, so the intermediates of one direction, not of three, are alive at once. Costs one
+            more forward pass of the layer, and the norm and the projections run once per direction; same results
+            up to float rounding (the three projected directions are summed instead of projecting their sum).
 
     Shapes: ``(batch, C, D, H, W) -> (batch, C, D, H, W)``.
     """
@@ -146,27 +147,25 @@ class TriOrientedMamba(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = resolve_backend(self.backend, x)
         if self.recompute and torch.is_grad_enabled():
-            out = checkpoint(self._mix, x, backend, use_reentrant=False)
+            # out_proj is linear, so the sum of the projected directions is the projection of their sum: each
+            # direction runs from x alone, and backward recomputes one direction at a time
+            out = None
+            for direction in range(len(DIRECTIONS)):
+                part = checkpoint(self._mix, x, backend, (direction,), use_reentrant=False)
+                out = part if out is None else out + part
         else:
             out = self._mix(x, backend)
         return x + out if self.residual else out
 
-    def _mix(self, x: torch.Tensor, backend: str) -> torch.Tensor:
-        """The layer without its residual: ``out_proj(sum_dir scan_dir(in_proj(LayerNorm(x))))``."""
+    def _mix(self, x: torch.Tensor, backend: str, directions: tuple[int, ...] | None = None) -> torch.Tensor:
+        """The layer without its residual, ``out_proj(sum_dir scan_dir(in_proj(LayerNorm(x))))``, the sum over
+        ``directions`` (indices into ``DIRECTIONS``; default all)."""
         spatial = tuple(x.shape[2:])
         tokens = self.norm(x.flatten(2).transpose(1, 2))  # (batch, L, C), raster order
         xs, zs = self.in_proj(tokens).transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, L) each
-        nested = self.recompute and torch.is_grad_enabled()
         mixed = None
-        for name, scan in zip(DIRECTIONS, self.scans):
-            arguments = (scan, name, xs, zs, spatial, backend)
-            out = checkpoint(_scan_in_order, *arguments, use_reentrant=False) if nested else _scan_in_order(*arguments)
+        for index in range(len(DIRECTIONS)) if directions is None else directions:
+            name, scan = DIRECTIONS[index], self.scans[index]
+            out = _from_order(scan(_to_order(xs, name, spatial), _to_order(zs, name, spatial), backend), name, spatial)
             mixed = out if mixed is None else mixed + out
         return self.out_proj(mixed.transpose(1, 2)).transpose(1, 2).reshape(x.shape)
-
-
-def _scan_in_order(
-    scan: DirectionalScan, name: str, xs: torch.Tensor, zs: torch.Tensor, spatial: tuple[int, int, int], backend: str
-) -> torch.Tensor:
-    """One direction of ToM on raster-order sequences: reorder, scan, back to raster order."""
-    return _from_order(scan(_to_order(xs, name, spatial), _to_order(zs, name, spatial), backend), name, spatial)
