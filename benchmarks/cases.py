@@ -210,19 +210,21 @@ def measure_infer(
 
 def measure_window(
     network: str,
+    task: str = "spleen",
     device: str = "cpu",
     scan_backend: str = "torch",
-    roi: int = 96,
+    patch: int = 96,
     repeats: int = 2,
     amp: bool = True,
     seed: int = 0,
 ) -> dict:
-    """Peak memory and median time of the forward pass over one ``roi``^3 window without gradients (batch 1, the
-    spleen task's 1 -> 2): the unit of the bundles' sliding-window inference. One warm-up pass runs first."""
-    spec, device = TASKS["spleen"], torch.device(device)
+    """Peak memory and median time of the forward pass over one ``patch``^3 window without gradients (batch 1, the
+    task's channels): the unit of the bundles' sliding-window inference. One warm-up pass runs first."""
+    spec, device = TASKS[task], torch.device(device)
     torch.manual_seed(seed)
-    net = build_network(network, spec, roi, scan_backend).to(device).eval()
-    image = torch.randn(1, spec.in_channels, roi, roi, roi, generator=torch.Generator().manual_seed(seed)).to(device)
+    net = build_network(network, spec, patch, scan_backend).to(device).eval()
+    image = torch.randn(1, spec.in_channels, patch, patch, patch, generator=torch.Generator().manual_seed(seed))
+    image = image.to(device)
 
     def forward() -> None:
         with torch.no_grad(), _autocast(device, amp):
@@ -239,7 +241,7 @@ def measure_window(
         times.append(time.perf_counter() - start)
     peak = meter.stop()
     return _record(
-        "window", network, spec, device, scan_backend, amp, patch=roi, parameters=count_parameters(net),
+        "window", network, spec, device, scan_backend, amp, patch=patch, parameters=count_parameters(net),
         peak_bytes=peak, peak_measure=meter.measure, baseline_bytes=meter.baseline,
         time_s=statistics.median(times), times_s=times, repeats=repeats,
     )

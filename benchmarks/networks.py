@@ -53,8 +53,8 @@ def quick_plan(patches=QUICK_PATCHES, networks=None, repeats: int = 1, sections=
     SegResNet, training steps by patch, then the other windows. ``networks`` replaces both lists."""
     windows, train = [], []
     if "window" in sections:
-        windows = [{"kind": "window", "network": network, "scan_backend": "torch", "repeats": repeats}
-                   for network in networks or QUICK_WINDOW_NETWORKS]
+        windows = [{"kind": "window", "network": network, "task": "spleen", "patch": 96, "scan_backend": "torch",
+                    "repeats": repeats} for network in networks or QUICK_WINDOW_NETWORKS]
     if "train" in sections:
         train = [{"kind": "train", "network": network, "task": "spleen", "patch": patch, "scan_backend": "torch",
                   "repeats": repeats} for patch in patches for network in networks or QUICK_NETWORKS]
@@ -121,8 +121,8 @@ def plan(
             for network in COMPARED
         ]
     if "window" in sections:
-        cases += [{"kind": "window", "network": network, "scan_backend": preferred, "repeats": repeats}
-                  for network in COMPARED]
+        cases += [{"kind": "window", "network": network, "task": "spleen", "patch": 96, "scan_backend": preferred,
+                   "repeats": repeats} for network in COMPARED]
     if "train" in sections and cuda:
         for task, patch in (("spleen", 96), ("brats", 128)):
             cases += compared(task, patch, scan_backends=(preferred,))
