@@ -179,7 +179,7 @@ def _find(records: list[dict], network: str, key: tuple, backend: str | None) ->
 
 def ratio(records: list[dict], record: dict, reference: str, quantity: str) -> float | None:
     other = _find(records, reference, _group_key(record), record.get("scan_backend"))
-    if record.get("status") != "ok" or other is None or not other.get(quantity):
+    if record.get("status") != "ok" or other is None or not other.get(quantity) or not record.get(quantity):
         return None
     return record[quantity] / other[quantity]
 
