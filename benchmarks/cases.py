@@ -1,4 +1,5 @@
-"""One measurement each: a training step, a sliding-window inference, or saved-tensor bytes per module.
+"""One measurement each: a training step, a sliding-window inference, one inference window, or saved-tensor bytes
+per module.
 
 Every function builds its network, measures, and returns a flat record (a dict that JSON can hold). Errors are
 turned into records by ``run_case``: ``status`` is ``"ok"``, ``"oom"`` (out of memory), ``"unavailable"``
@@ -19,13 +20,13 @@ from collections import defaultdict
 import torch
 import torch.nn as nn
 
-from .memory import peak_meter
-from .profile import forward_seconds_per_module, part_of, saved_tensor_bytes_per_module
+from .memory import CpuPeakMeter, peak_meter, rss_bytes
+from .profile import forward_seconds_per_module, part_of, rss_peaks_per_phase, saved_tensor_bytes_per_module
 from .zoo import MAMBA_NETWORKS, TASKS, Task, build_network, count_parameters
 
-__all__ = ["KINDS", "measure_infer", "measure_modules", "measure_train", "run_case", "sliding_windows"]
+__all__ = ["KINDS", "measure_infer", "measure_modules", "measure_train", "measure_window", "run_case", "sliding_windows"]
 
-KINDS = ("train", "infer", "modules")
+KINDS = ("train", "infer", "window", "modules")
 LEARNING_RATE = 1e-4  # the paper's Adam learning rate for every dataset
 
 
@@ -84,13 +85,18 @@ def measure_train(
     repeats: int = 3,
     amp: bool = True,
     seed: int = 0,
+    phases: bool = False,
 ) -> dict:
     """Peak memory and median time of one training step: forward, loss, backward, Adam step; batch 1.
 
     One warm-up step runs first (Adam allocates its state there, cuDNN picks its algorithms), then gradients
     are released and the meter starts: the figure covers ``repeats`` steps. On CPU it excludes the weights, the
     Adam state and the batch (all in the RSS before the steps); on CUDA it is everything allocated.
+    ``phases`` (CPU, ``repeats`` 1): the peak of each phase of the step as well (``forward and loss``,
+    ``backward``, ``optimizer step``; ``profile.rss_peaks_per_phase``), whose largest is the step's peak.
     """
+    if phases and (torch.device(device).type != "cpu" or repeats != 1):
+        raise ValueError("phases are measured on CPU over one step (repeats=1)")
     spec, device = TASKS[task], torch.device(device)
     patch = patch or spec.patch
     torch.manual_seed(seed)
@@ -100,32 +106,44 @@ def measure_train(
     image, label = _batch(spec, patch, device, seed)
     scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
 
-    def step() -> None:
+    def step(mark=lambda phase: None) -> None:
         with _autocast(device, amp):
             loss = loss_function(net(image), label)
+        mark("forward and loss")
         if scaler is None:
             loss.backward()
+            mark("backward")
             optimizer.step()
         else:
             scaler.scale(loss).backward()
+            mark("backward")
             scaler.step(optimizer)
             scaler.update()
+        mark("optimizer step")
         optimizer.zero_grad(set_to_none=True)
 
     step()
-    meter = peak_meter(device)
-    meter.start()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    peak = meter.stop()
+    extra = {}
+    if phases:
+        baseline, start = rss_bytes(), time.perf_counter()
+        per_phase = rss_peaks_per_phase(net, step, depth=0)
+        times = [time.perf_counter() - start]
+        peak, measure = max(p["peak"] for p in per_phase), CpuPeakMeter.measure
+        extra["phases"] = {p["phase"]: p["peak"] for p in per_phase if p["phase"] != "step end"}
+    else:
+        meter = peak_meter(device)
+        meter.start()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        peak, measure, baseline = meter.stop(), meter.measure, meter.baseline
     return _record(
         "train", network, spec, device, scan_backend, amp, patch=patch, parameters=count_parameters(net),
-        peak_bytes=peak, peak_measure=meter.measure, baseline_bytes=meter.baseline,
-        time_s=statistics.median(times), times_s=times, repeats=repeats,
+        peak_bytes=peak, peak_measure=measure, baseline_bytes=baseline,
+        time_s=statistics.median(times), times_s=times, repeats=repeats, **extra,
     )
 
 
@@ -190,6 +208,45 @@ def measure_infer(
     )
 
 
+def measure_window(
+    network: str,
+    task: str = "spleen",
+    device: str = "cpu",
+    scan_backend: str = "torch",
+    patch: int = 96,
+    repeats: int = 2,
+    amp: bool = True,
+    seed: int = 0,
+) -> dict:
+    """Peak memory and median time of the forward pass over one ``patch``^3 window without gradients (batch 1, the
+    task's channels): the unit of the bundles' sliding-window inference. One warm-up pass runs first."""
+    spec, device = TASKS[task], torch.device(device)
+    torch.manual_seed(seed)
+    net = build_network(network, spec, patch, scan_backend).to(device).eval()
+    image = torch.randn(1, spec.in_channels, patch, patch, patch, generator=torch.Generator().manual_seed(seed))
+    image = image.to(device)
+
+    def forward() -> None:
+        with torch.no_grad(), _autocast(device, amp):
+            net(image)
+        _sync(device)
+
+    forward()
+    meter = peak_meter(device)
+    meter.start()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        forward()
+        times.append(time.perf_counter() - start)
+    peak = meter.stop()
+    return _record(
+        "window", network, spec, device, scan_backend, amp, patch=patch, parameters=count_parameters(net),
+        peak_bytes=peak, peak_measure=meter.measure, baseline_bytes=meter.baseline,
+        time_s=statistics.median(times), times_s=times, repeats=repeats,
+    )
+
+
 def measure_modules(
     network: str = "segresmamba",
     task: str = "spleen",
@@ -228,7 +285,7 @@ def measure_modules(
     )
 
 
-MEASURES = {"train": measure_train, "infer": measure_infer, "modules": measure_modules}
+MEASURES = {"train": measure_train, "infer": measure_infer, "window": measure_window, "modules": measure_modules}
 
 
 def _is_oom(error: BaseException) -> bool:

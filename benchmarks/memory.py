@@ -17,13 +17,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CpuPeakMeter", "CudaPeakMeter", "peak_meter"]
+__all__ = ["CpuPeakMeter", "CudaPeakMeter", "peak_meter", "rss_bytes"]
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
+    """The resident set size of this process now."""
     for line in _STATUS.read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
@@ -49,7 +50,7 @@ class CpuPeakMeter:
             self.reset_ok = True
         except OSError:
             self.reset_ok = False
-        self.baseline = _rss_bytes()
+        self.baseline = rss_bytes()
         if not self.reset_ok and _maxrss_bytes() > self.baseline:
             raise RuntimeError(
                 "cannot reset the RSS high-water mark (/proc/self/clear_refs) and an earlier peak is above the "

@@ -3,6 +3,7 @@
 Commands (``python -m benchmarks.networks COMMAND --help``)::
 
     run     plan and run every case for a device, write results.json, results.md, memory_vs_parameters.png
+            (``run --quick``: the short CPU comparison, see ``run``)
     case    run one case in this process and print its record as one JSON line (what ``run`` spawns on CPU)
     report  re-render results.md and the plot from a results.json
 
@@ -38,8 +39,26 @@ ABLATIONS = (
     "segresmamba_tom_half",
     "segresmamba_tom_full",
     "segresmamba_checkpointing",
+    "segresmamba_tom_recompute",
 )
-SECTIONS = ("train", "ablations", "modules", "infer")
+SECTIONS = ("train", "ablations", "modules", "infer", "window")
+# --quick: the issue's comparison in under 30 min on 2 cores, one timed step or window per case
+QUICK_NETWORKS = ("segresmamba", "segresmamba_tom_recompute", "swinunetr", "segresnet", "segmamba")
+QUICK_WINDOW_NETWORKS = ("segresmamba", "segresnet", "segresmamba_bf16", "swinunetr", "segmamba")
+QUICK_PATCHES = (64, 96)
+
+
+def quick_plan(patches=QUICK_PATCHES, networks=None, repeats: int = 1, sections=("window", "train")) -> list[dict]:
+    """The cases of ``run --quick``, those of the issue's targets first: the 96^3 windows of SegResMamba and
+    SegResNet, training steps by patch, then the other windows. ``networks`` replaces both lists."""
+    windows, train = [], []
+    if "window" in sections:
+        windows = [{"kind": "window", "network": network, "task": "spleen", "patch": 96, "scan_backend": "torch",
+                    "repeats": repeats} for network in networks or QUICK_WINDOW_NETWORKS]
+    if "train" in sections:
+        train = [{"kind": "train", "network": network, "task": "spleen", "patch": patch, "scan_backend": "torch",
+                  "repeats": repeats} for patch in patches for network in networks or QUICK_NETWORKS]
+    return windows[:2] + train + windows[2:]
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
@@ -101,6 +120,9 @@ def plan(
              **({"crop": crop} if crop else {}), **({"ct": str(ct)} if ct else {})}
             for network in COMPARED
         ]
+    if "window" in sections:
+        cases += [{"kind": "window", "network": network, "task": "spleen", "patch": 96, "scan_backend": preferred,
+                   "repeats": repeats} for network in COMPARED]
     if "train" in sections and cuda:
         for task, patch in (("spleen", 96), ("brats", 128)):
             cases += compared(task, patch, scan_backends=(preferred,))
@@ -146,7 +168,8 @@ def _measure_on_cpu(case: dict, timeout: float, threads: int | None) -> dict:
     """
     if case["kind"] == "modules":
         return _run_in_subprocess(case, timeout, threads, {})
-    memory = _run_in_subprocess({**case, "repeats": 1}, timeout, threads, MEMORY_ENV)
+    phases = {"phases": True} if case["kind"] == "train" else {}
+    memory = _run_in_subprocess({**case, "repeats": 1, **phases}, timeout, threads, MEMORY_ENV)
     if memory.get("status") != "ok":
         return memory
     timing = _run_in_subprocess(case, timeout, threads, {})
@@ -158,6 +181,7 @@ def _measure_on_cpu(case: dict, timeout: float, threads: int | None) -> dict:
         "baseline_bytes": memory["baseline_bytes"],
         "peak_measure": memory["peak_measure"],
         "memory_steps": memory["repeats"],
+        **({"phases": memory["phases"]} if "phases" in memory else {}),
     }
 
 
@@ -175,9 +199,9 @@ def _describe(record: dict) -> str:
 def run(
     device: str = "cpu",
     out: str | None = None,
-    sections=SECTIONS,
+    sections=None,
     networks=None,
-    cpu_patches=(96, 64),
+    cpu_patches=None,
     cpu_ablation_patches=(64,),
     repeats: int | None = None,
     ct: str | None = None,
@@ -187,15 +211,16 @@ def run(
     budget: float | None = None,
     resume: bool = False,
     plot: bool = True,
+    quick: bool = False,
 ) -> str:
     """Run the benchmark for ``device`` and write its results into ``out``.
 
     Args:
         device: ``"cpu"`` or ``"cuda"``.
         out: output folder (default ``benchmarks/results/<cpu|gpu>``).
-        sections: any of ``train``, ``ablations``, ``modules``, ``infer``.
+        sections: any of ``train``, ``ablations``, ``modules``, ``infer``, ``window`` (default: all).
         networks: keep only these network names (default: all planned).
-        cpu_patches: CPU training patch edges (the spleen task; 96 is its paper size).
+        cpu_patches: CPU training patch edges (the spleen task; 96 is its paper size; default 96 and 64).
         cpu_ablation_patches: CPU patch edges of the ablations and of the memory per module.
         repeats: measured training steps per case (default 3 on CPU, 5 on CUDA).
         ct: CT for the inference cases (default: the shipped abdominal CT on CPU; CUDA runs inference only when
@@ -207,7 +232,22 @@ def run(
         budget: seconds for the whole run; cases left when it is spent are recorded as ``skipped``.
         resume: keep the records of an earlier ``results.json`` in ``out`` and rerun only cases not ``ok`` there.
         plot: write memory_vs_parameters.png.
+        quick: the short CPU run (``QUICK_NETWORKS`` at ``QUICK_PATCHES``, training steps with their memory per
+            phase, one 96^3 window each, one timed step or window per case), into ``benchmarks/results/cpu_quick``
+            unless ``out`` says otherwise; ``sections``, ``networks``, ``cpu_patches`` and ``repeats`` replace its
+            choices where given.
     """
+    if quick:
+        if device != "cpu":
+            raise ValueError("--quick is a CPU run")
+        given = lambda value, default: default if value is None else value  # noqa: E731
+        sections = given(sections, ("window", "train"))
+        networks = (networks,) if isinstance(networks, str) else networks
+        cpu_patches = given(cpu_patches, QUICK_PATCHES)
+        repeats = given(repeats, 1)
+        out = out or str(REPO_ROOT / "benchmarks" / "results" / "cpu_quick")
+    sections = SECTIONS if sections is None else sections
+    cpu_patches = (96, 64) if cpu_patches is None else cpu_patches
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -216,7 +256,10 @@ def run(
     cpu_patches = (cpu_patches,) if isinstance(cpu_patches, int) else tuple(cpu_patches)
     cpu_ablation_patches = (cpu_ablation_patches,) if isinstance(cpu_ablation_patches, int) else tuple(cpu_ablation_patches)
     out_dir = Path(out) if out else REPO_ROOT / "benchmarks" / "results" / ("gpu" if device == "cuda" else "cpu")
-    cases = plan(device, sections, cpu_patches, cpu_ablation_patches, repeats, crop, ct)
+    if quick:
+        cases = quick_plan(cpu_patches, networks and tuple(networks), repeats, sections)
+    else:
+        cases = plan(device, sections, cpu_patches, cpu_ablation_patches, repeats, crop, ct)
     if networks is not None:
         keep = {networks} if isinstance(networks, str) else set(networks)
         unknown = keep - set(NETWORKS)
@@ -238,6 +281,9 @@ def run(
         notes.append(f"CPU threads per case: {threads or 'torch default (one per core)'}.")
         if crop:
             notes.append(f"CPU inference on a centre crop of at most {crop} voxels per axis of the CT, for time.")
+        if quick:
+            notes.append(f"Quick run (`--quick`): {repeats} timed step(s) or window(s) per case after a warm-up, so "
+                         "times are single measurements; ratios compare cases of this run.")
     else:
         torch.backends.cudnn.benchmark = True  # as the Model Zoo bundles train; its autotuning runs in the warm-up
         notes.append("cudnn.benchmark on, as in the Model Zoo bundles (autotuning happens in the warm-up step).")
@@ -254,6 +300,7 @@ def run(
             record = run_case(case, device)
         records.append(record)
         print(f"[{index}/{len(cases)}] {_describe(record)}", flush=True)
+        results["run_seconds"] = round(time.perf_counter() - started, 1)
         write_results(out_dir, results, plot=False)
     write_results(out_dir, results, plot=plot)
     print(f"results in {out_dir}", flush=True)

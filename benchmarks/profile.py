@@ -139,3 +139,55 @@ def forward_seconds_per_module(
         total = time.perf_counter() - start
     exclusive[OUTSIDE] += total - sum(exclusive.values())
     return dict(sorted(exclusive.items(), key=lambda kv: -kv[1]))
+
+
+def rss_peaks_per_phase(
+    network: nn.Module, step: Callable[[Callable[[str], None]], None], depth: int = 2
+) -> list[dict]:
+    """The peak RSS of every phase of one training step, in the order the phases ran.
+
+    A phase is the stretch between two events: a module of at most ``depth`` name parts starting or ending its
+    forward pass, or its backward pass (module backward hooks), or a named point that ``step`` marks itself
+    (``step(mark)`` calls ``mark("loss")`` and so on). At every event the RSS high-water mark since the previous
+    event is read and then reset (``/proc/self/clear_refs``), so each phase gets its own peak; the RSS at the event
+    is what stays alive past it. Run in a process with ``MALLOC_MMAP_THRESHOLD_=65536`` (``benchmarks.memory``):
+    then RSS follows the live tensors. A phase's ``transient`` is how far its peak rose above the larger of the
+    RSS at its two ends: memory taken and given back inside it (workspaces, recompute buffers, copies).
+
+    Returns a list of ``{"phase", "peak", "end", "transient"}`` (bytes, relative to the RSS before the step).
+    """
+    from .memory import CpuPeakMeter, rss_bytes
+
+    meter = CpuPeakMeter()
+    events: list[tuple[str, int, int]] = []  # (event that ends the phase, peak during it, RSS at the event)
+
+    def mark(event: str) -> None:
+        peak = meter.stop() + meter.baseline
+        now = rss_bytes()
+        events.append((event, peak, now))
+        meter.start()
+
+    handles = []
+    for name, module in network.named_modules():
+        if not name or name.count(".") >= depth:
+            continue
+        handles += [
+            module.register_forward_pre_hook(lambda m, args, name=name: mark(f"forward {name} start")),
+            module.register_forward_hook(lambda m, args, out, name=name: mark(f"forward {name} end")),
+            module.register_full_backward_pre_hook(lambda m, grad, name=name: mark(f"backward {name} start")),
+            module.register_full_backward_hook(lambda m, gin, gout, name=name: mark(f"backward {name} end")),
+        ]
+    try:
+        meter.start()
+        baseline = meter.baseline
+        step(mark)
+        mark("step end")
+    finally:
+        for handle in handles:
+            handle.remove()
+    phases, previous_end = [], 0
+    for event, peak, end in events:
+        peak, end = peak - baseline, end - baseline
+        phases.append({"phase": event, "peak": peak, "end": end, "transient": max(0, peak - max(previous_end, end))})
+        previous_end = end
+    return phases

@@ -5,6 +5,8 @@ Tasks are the paper's settings (batch 1): Spleen 1 -> 2 at 96^3, BTCV 1 -> 14 an
 Networks (MONAI ones as the MONAI Model Zoo bundles configure them):
     segresmamba: ``custom_nets.SegResMamba`` with its defaults (feature size 48, sum skips, ToM at both positions).
     segresmamba_concat / _no_tom / _tom_half / _tom_full / _checkpointing: the paper's ablations, one change each.
+    segresmamba_tom_recompute: ToM layers recomputed in backward (``tom_recompute=True``), the memory option.
+    segresmamba_bf16: CPU inference under bfloat16 autocast where the CPU has it (``cpu_bfloat16=True``).
     swinunetr: ``swin_unetr_btcv_segmentation``: SwinUNETR(feature_size=48, use_checkpoint=True) (MONAI >= 1.5
         dropped its ``img_size`` argument).
     swinunetr_no_checkpoint: the same without activation checkpointing (reference only).
@@ -112,6 +114,8 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "segresmamba_tom_half": _segresmamba(tom_positions=("half",)),
     "segresmamba_tom_full": _segresmamba(tom_positions=("full",)),
     "segresmamba_checkpointing": _segresmamba(checkpointing=True),
+    "segresmamba_tom_recompute": _segresmamba(tom_recompute=True),
+    "segresmamba_bf16": _segresmamba(cpu_bfloat16=True),
     "segmamba": _segmamba,
     "swinunetr": _swinunetr(use_checkpoint=True),
     "swinunetr_no_checkpoint": _swinunetr(use_checkpoint=False),

@@ -107,6 +107,50 @@ def test_forward_seconds_are_exclusive():
     assert 0.02 <= seconds["0"] < 0.1  # the child's time is not counted again in its parent
 
 
+class Transient(nn.Module):
+    """Takes ``mib`` MiB for a moment in its forward pass and ``mib`` in its backward pass, keeps none."""
+
+    def __init__(self, mib: int) -> None:
+        super().__init__()
+        self.mib = mib
+
+    def forward(self, x):
+        torch.ones(self.mib * 2**20 // 4).sum()
+        return TransientBackward.apply(x, self.mib)
+
+
+class TransientBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, mib):
+        ctx.mib = mib
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        torch.ones(ctx.mib * 2**20 // 4).sum()
+        return grad, None
+
+
+def test_rss_peaks_per_phase_finds_the_phase_of_a_transient():
+    from benchmarks.profile import rss_peaks_per_phase
+
+    net = nn.Sequential(nn.Linear(4, 4), Transient(48), nn.Linear(4, 4), Transient(96))
+    x = torch.randn(2, 4)
+
+    def step(mark):
+        loss = net(x).sum()
+        mark("loss")
+        loss.backward()
+
+    phases = {p["phase"]: p for p in rss_peaks_per_phase(net, step, depth=1)}
+    mib = 2**20
+    assert phases["forward 1 end"]["transient"] >= 44 * mib and phases["forward 3 end"]["transient"] >= 92 * mib
+    assert phases["backward 3 end"]["transient"] >= 92 * mib and phases["backward 1 end"]["transient"] >= 44 * mib
+    # the other phases allocate nothing of that size
+    assert all(p["transient"] < 30 * mib for name, p in phases.items() if name.endswith(("0 end", "2 end", "loss")))
+    assert phases["step end"]["end"] < 30 * mib  # nothing kept
+
+
 def test_cpu_peak_meter_sees_a_freed_allocation():
     meter = CpuPeakMeter()
     meter.start()
@@ -139,6 +183,7 @@ def test_plan_covers_the_issue():
         ("segresmamba", 96), ("swinunetr", 96), ("segmamba", 64), ("segresmamba_checkpointing", 64)
     }
     assert sum(c["kind"] == "infer" for c in cpu) == 6
+    assert {c["network"] for c in cpu if c["kind"] == "window"} >= {"segresmamba", "segresnet", "swinunetr"}
     gpu = [c for c in plan("cuda") if c["kind"] == "train" and c["task"] == "btcv"]
     assert {(c["network"], c["scan_backend"]) for c in gpu} >= {
         ("segresmamba", "cuda"), ("segresmamba", "torch"), ("segmamba", "cuda"), ("swinunetr_no_checkpoint", "torch")
@@ -152,15 +197,19 @@ def test_run_writes_results(tmp_path):
     from benchmarks.report import load_results
 
     out = tmp_path / "cpu"
-    run("cpu", out=str(out), sections=("train",), networks=("unet",), cpu_patches=(32,), repeats=1, threads=1)
+    run("cpu", out=str(out), quick=True, networks=("unet",), cpu_patches=(32,), threads=1)
     results = load_results(out / "results.json")
     assert {"date", "torch", "monai", "cpu"} <= set(results["environment"])
-    (record,) = results["records"]
+    window, record = results["records"]  # the window first: quick runs put the target cases first
     assert record["status"] == "ok", record
     assert record["peak_measure"] == "peak RSS increase" and record["peak_bytes"] > 0 and record["time_s"] > 0
-    assert record["memory_steps"] == 1  # memory from its own process, time from another
+    assert record["memory_steps"] == 1 and record["repeats"] == 1  # memory from its own process, time from another
+    assert set(record["phases"]) == {"forward and loss", "backward", "optimizer step"}
+    assert record["peak_bytes"] == max(record["phases"].values())
+    assert (window["kind"], window["patch"], window["status"]) == ("window", 96, "ok") and window["time_s"] > 0
     markdown = (out / "results.md").read_text()
     assert f"| unet | {record['parameters'] / 1e6:.2f} | {record['peak_bytes'] / 2**30:.3f} |" in markdown
+    assert "## Training memory per phase" in markdown and "| unet | 96^3 |" in markdown
     assert (out / "memory_vs_parameters.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(FileNotFoundError, match="results file not found"):
         load_results(tmp_path / "missing.json")

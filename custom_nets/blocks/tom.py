@@ -61,17 +61,22 @@ class DirectionalScan(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, backend: str) -> torch.Tensor:
         """``x``, ``z``: ``(batch, d_inner, L)`` in this direction's order; ``backend``: a resolved scan backend
-        (``resolve_backend``). Returns ``(batch, d_inner, L)`` float32, gated by ``silu(z)``."""
+        (``resolve_backend``). Returns ``(batch, d_inner, L)`` gated by ``silu(z)``, in the dtype of the conv1d's
+        output (the autocast dtype under autocast, else ``x``'s)."""
         x = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, backend)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (batch, d_inner, L); bias added in the scan
-        # The scan runs in float32 whatever autocast does: fp16 scans overflow.
+        # Every backend computes in float32 inside (fp16 scans overflow) and returns u's dtype, so the sequences go
+        # in as they are: float32 copies of them would be what the scan keeps for backward, twice the size under
+        # AMP. The parameters go in as float32, as mamba-ssm passes them. Autocast is off inside, where the torch
+        # backend's float32 products must stay float32.
+        dtype = x.dtype
         device_type = x.device.type if torch.amp.is_autocast_available(x.device.type) else "cpu"
         with torch.autocast(device_type=device_type, enabled=False):
             return selective_scan(
-                x.float(), dt.float(), -torch.exp(self.A_log.float()),
-                B.transpose(1, 2).float(), C.transpose(1, 2).float(), self.D.float(), z.float(),
-                delta_bias=self.dt_proj.bias.float(), delta_softplus=True, backend=backend,
+                x, dt.to(dtype), -torch.exp(self.A_log.float()), B.transpose(1, 2).to(dtype),
+                C.transpose(1, 2).to(dtype), self.D.float(), z.to(dtype), delta_bias=self.dt_proj.bias.float(),
+                delta_softplus=True, backend=backend,
             )
 
 
@@ -107,8 +112,11 @@ class TriOrientedMamba(nn.Module):
         backend: scan backend, ``"auto"`` or a name of ``custom_nets.ops.BACKENDS``, resolved once per forward
             pass for all three directions. The ``backend`` attribute may be changed later (ONNX export sets
             ``"static"``).
-        recompute: keep only the layer's input for the backward pass, which recomputes the rest (norm, projections,
-            conv1d, reorders, scans): less memory for one more forward pass of the layer. Same results.
+        recompute: keep only the layer's input for the backward pass. Each direction then runs on its own from
+            that input (norm, in_proj, conv1d, reorders, scan, out_proj) and the backward pass recomputes one
+            direction at a time, so the intermediates of one direction, not of three, are alive at once. Costs one
+            more forward pass of the layer, and the norm and the projections run once per direction; same results
+            up to float rounding (the three projected directions are summed instead of projecting their sum).
 
     Shapes: ``(batch, C, D, H, W) -> (batch, C, D, H, W)``.
     """
@@ -139,18 +147,25 @@ class TriOrientedMamba(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = resolve_backend(self.backend, x)
         if self.recompute and torch.is_grad_enabled():
-            out = checkpoint(self._mix, x, backend, use_reentrant=False)
+            # out_proj is linear, so the sum of the projected directions is the projection of their sum: each
+            # direction runs from x alone, and backward recomputes one direction at a time
+            out = None
+            for direction in range(len(DIRECTIONS)):
+                part = checkpoint(self._mix, x, backend, (direction,), use_reentrant=False)
+                out = part if out is None else out + part
         else:
             out = self._mix(x, backend)
         return x + out if self.residual else out
 
-    def _mix(self, x: torch.Tensor, backend: str) -> torch.Tensor:
-        """The layer without its residual: ``out_proj(sum_dir scan_dir(in_proj(LayerNorm(x))))``."""
-        spatial = x.shape[2:]
+    def _mix(self, x: torch.Tensor, backend: str, directions: tuple[int, ...] | None = None) -> torch.Tensor:
+        """The layer without its residual, ``out_proj(sum_dir scan_dir(in_proj(LayerNorm(x))))``, the sum over
+        ``directions`` (indices into ``DIRECTIONS``; default all)."""
+        spatial = tuple(x.shape[2:])
         tokens = self.norm(x.flatten(2).transpose(1, 2))  # (batch, L, C), raster order
         xs, zs = self.in_proj(tokens).transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, L) each
-        mixed = sum(
-            _from_order(scan(_to_order(xs, name, spatial), _to_order(zs, name, spatial), backend), name, spatial)
-            for name, scan in zip(DIRECTIONS, self.scans)
-        )
-        return self.out_proj(mixed.transpose(1, 2).to(tokens.dtype)).transpose(1, 2).reshape(x.shape)
+        mixed = None
+        for index in range(len(DIRECTIONS)) if directions is None else directions:
+            name, scan = DIRECTIONS[index], self.scans[index]
+            out = _from_order(scan(_to_order(xs, name, spatial), _to_order(zs, name, spatial), backend), name, spatial)
+            mixed = out if mixed is None else mixed + out
+        return self.out_proj(mixed.transpose(1, 2)).transpose(1, 2).reshape(x.shape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -11,7 +12,17 @@ from torch.utils.checkpoint import checkpoint
 
 from ..blocks import TOM_POSITIONS, ConvMambaMixedBlock, DecoderStage, Downsample, SkipMLP
 
-__all__ = ["SegResMamba"]
+__all__ = ["SegResMamba", "cpu_has_bfloat16"]
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX, as oneDNN sees it): elsewhere bfloat16 is
+    emulated, slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 class SegResMamba(nn.Module):
@@ -45,6 +56,9 @@ class SegResMamba(nn.Module):
             them one voxel across, and an input padded to 32^3 is refused (an instance norm of one voxel fails).
         tom_recompute: each ToM layer keeps only its input for the backward pass and recomputes the rest there
             (less memory, one more forward pass of the ToM layers; same results).
+        cpu_bfloat16: inference on CPU (no gradients) runs under bfloat16 autocast where the CPU has bfloat16
+            instructions (``cpu_has_bfloat16``; elsewhere float32): convolutions and projections in bfloat16, norms
+            and the scans' recurrences in float32; the output has the input's dtype. Training is unaffected.
 
     Shapes: ``(batch, in_channels, D, H, W) -> (batch, out_channels, D, H, W)``.
     """
@@ -69,6 +83,7 @@ class SegResMamba(nn.Module):
         norm_groups: int = 8,
         min_size: int = 64,
         tom_recompute: bool = False,
+        cpu_bfloat16: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims != 3:
@@ -79,7 +94,7 @@ class SegResMamba(nn.Module):
             raise ValueError(f"min_size must be a positive multiple of {self.size_divisor}, got {min_size}")
         self.min_size = min_size
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.checkpointing = checkpointing
+        self.checkpointing, self.cpu_bfloat16 = checkpointing, cpu_bfloat16
         widths = [feature_size * 2**i for i in range(4)]
         tom_kwargs = dict(
             tom_positions=tuple(tom_positions) if use_tom else (), residual=tom_residual, d_state=d_state,
@@ -112,6 +127,12 @@ class SegResMamba(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        if self.cpu_bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled() and cpu_has_bfloat16():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self._forward(x).to(x.dtype)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]
         padding = [max(self.min_size, n + (-n) % self.size_divisor) - n for n in size]
         if all(n + extra == self.size_divisor for n, extra in zip(size, padding)):

@@ -25,5 +25,6 @@ def causal_conv1d(
     kernel = causal_conv1d_kernel()[0] if backend == "cuda" else None
     if kernel is not None:
         return kernel(x.contiguous(), weight.squeeze(1), bias, activation="silu")
+    # padded on both sides and cut back: the same sums as a left-padded copy of x, without that copy
     width = weight.shape[-1]
-    return F.silu(F.conv1d(F.pad(x, (width - 1, 0)), weight, bias, groups=x.shape[1]))
+    return F.silu(F.conv1d(x, weight, bias, padding=width - 1, groups=x.shape[1])[..., : x.shape[-1]])

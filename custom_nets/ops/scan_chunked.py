@@ -245,20 +245,25 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias, segment_states = ctx.saved_tensors
         dtype = _compute_dtype(u)
         groups = _as_groups(B).shape[1]
-        sequences = [None if t is None else to_time_major(t.to(dtype), groups) for t in (u, delta, z)]
-        sequences += [to_time_major(_as_groups(t).to(dtype)) for t in (B, C)]
+        batch, d_inner, length = u.shape
+        # Channel-major as saved, (b, g, channels, L); each segment is brought to time-major on its own, and its
+        # gradients written back channel-major: no time-major copy of the whole sequences, nor of their gradients.
+        sequences = [None if t is None else t.reshape(batch, groups, -1, length) for t in (u, delta, z)]
+        sequences += [_as_groups(t) for t in (B, C)]
+        sequences.append(grad_out.reshape(batch, groups, -1, length))
         params = [None if t is None else _per_group(t, groups, dtype).requires_grad_() for t in (A, D, delta_bias)]
-        grad_sequences = [None if t is None else torch.empty_like(t) for t in sequences]
+        grad_sequences = [None if t is None else torch.empty(t.shape, dtype=dtype, device=t.device)
+                          for t in sequences[:-1]]
         grad_params = [None if t is None else torch.zeros_like(t) for t in params]
-        grad_out = to_time_major(grad_out.to(dtype), groups)
         grad_h = torch.zeros_like(segment_states[0]) if grad_last_state is None else (
             grad_last_state.to(dtype).reshape(segment_states[0].shape)
         )
         for index in reversed(range(len(ctx.plan))):
             start, end, chunk = ctx.plan[index]
             w = slice(start, end)
+            *pieces, grad_piece = [None if t is None else to_time_major(t[..., w].to(dtype)) for t in sequences]
             with torch.enable_grad():
-                pieces = [None if t is None else t[:, :, w].detach().requires_grad_() for t in sequences]
+                pieces = [None if t is None else t.requires_grad_() for t in pieces]
                 h0 = segment_states[index].to(dtype).requires_grad_()
                 u_c, delta_c, z_c, B_c, C_c = pieces
                 A_, D_, bias_ = params
@@ -266,17 +271,17 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
                 y, h_end = _scan_segment(dt, u_c, A_, B_c, C_c, h0, chunk)
                 out = _finish(y, u_c, D_, z_c)
                 leaves = [t for t in pieces + params + [h0] if t is not None]
-                grads = iter(torch.autograd.grad((out, h_end), leaves, (grad_out[:, :, w], grad_h)))
+                grads = iter(torch.autograd.grad((out, h_end), leaves, (grad_piece, grad_h)))
             for target, piece in zip(grad_sequences, pieces):
                 if piece is not None:
-                    target[:, :, w] = next(grads)
+                    from_time_major(next(grads), out=target[..., w])
             for target, param in zip(grad_params, params):
                 if param is not None:
                     target += next(grads)
             grad_h = next(grads)
         du, ddelta, dz, dB, dC = grad_sequences
-        du, ddelta, dz = (None if g is None else from_time_major(g) for g in (du, ddelta, dz))
-        dB, dC = (g.transpose(2, 3) if t.dim() == 4 else g.transpose(2, 3).squeeze(1) for g, t in ((dB, B), (dC, C)))
+        du, ddelta, dz = (None if g is None else g.view(batch, d_inner, length) for g in (du, ddelta, dz))
+        dB, dC = (g if t.dim() == 4 else g.squeeze(1) for g, t in ((dB, B), (dC, C)))
         dA, dD, dbias = (None if g is None else g.reshape(-1, *g.shape[3:]) for g in grad_params)
         originals = (u, delta, A, B, C, D, z, delta_bias)
         grads_in = (du, ddelta, dA, dB, dC, dD, dz, dbias)
