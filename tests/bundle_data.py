@@ -13,6 +13,8 @@ import nibabel as nib
 import numpy as np
 
 SHAPE = (36, 32, 28)
+# what a fast bundle may change of its full bundle's configs: 3 mm, a narrow network and what follows from them
+FAST_SETTINGS = {"feature_size", "patch_size", "pixdim", "learning_rate", "num_samples", "finetune"}
 
 
 def _save(array: np.ndarray, path: Path, spacing: float = 2.0) -> str:

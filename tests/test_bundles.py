@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_data import make_brats_tree, make_btcv_tree, make_msd_tree
+from bundle_data import FAST_SETTINGS, make_brats_tree, make_btcv_tree, make_msd_tree
 from custom_nets import SegResMamba
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,6 @@ SCHEMA = ROOT / "data" / "schemas" / "meta_schema_20240725.json"
 FULL = ("spleen_ct_segresmamba", "brats21_mri_segresmamba", "btcv_ct_segresmamba")
 # the fast CT variants: the full bundle's configs at 3 mm with a narrow network
 FAST = {"spleen_ct_segresmamba_fast": "spleen_ct_segresmamba", "btcv_ct_segresmamba_fast": "btcv_ct_segresmamba"}
-FAST_SETTINGS = {"feature_size", "patch_size", "pixdim", "learning_rate", "num_samples", "finetune"}
 NAMES = FULL + tuple(FAST)
 CHANNELS = {"spleen_ct_segresmamba": (1, 2), "brats21_mri_segresmamba": (4, 3), "btcv_ct_segresmamba": (1, 14)}
 CHANNELS.update({fast: CHANNELS[full] for fast, full in FAST.items()})

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bundle_data import make_btcv_tree, make_msd_tree
+from bundle_data import FAST_SETTINGS, make_btcv_tree, make_msd_tree
 from custom_nets.bundle import find_bundle
 from custom_nets.interactive import ClickError, next_click, parse_clicks
 
@@ -26,7 +26,6 @@ PLAIN = {
 }
 FAST = {"spleen_ct_segresmamba_deepedit_fast": "spleen_ct_segresmamba_deepedit",
         "btcv_ct_segresmamba_deepedit_fast": "btcv_ct_segresmamba_deepedit"}
-FAST_SETTINGS = {"feature_size", "patch_size", "pixdim", "learning_rate", "num_samples"}
 SPLEEN = {"spleen": 1, "background": 0}
 
 
