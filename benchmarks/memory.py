@@ -1,6 +1,6 @@
 """Peak-memory meters: process RSS on CPU, the caching allocator on CUDA.
 
-CPU: the figure is the *peak RSS increase*: the RSS high-water mark (``ru_maxrss``) during the measured work minus
+CPU: the figure is the *peak RSS increase*: the RSS high-water mark (``VmHWM``) during the measured work minus
 the RSS just before it. The high-water mark is reset first through ``/proc/self/clear_refs`` (Linux >= 4.0), so
 an earlier peak (imports, building the network) cannot hide the measured one. Run each measurement in a fresh
 process with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors go back to the OS instead of staying in
@@ -32,6 +32,14 @@ def rss_bytes() -> int:
 
 
 def _maxrss_bytes() -> int:
+    """The peak RSS of this process's memory (VmHWM), which ``clear_refs`` resets.
+
+    Not ``getrusage``'s ``ru_maxrss``: it also holds the peak of the process image before ``exec`` (a child of a
+    large process starts with its parent's RSS as its peak) and of exited threads, and ``clear_refs`` leaves it.
+    """
+    for line in _STATUS.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
@@ -46,7 +54,7 @@ class CpuPeakMeter:
 
     def start(self) -> None:
         try:
-            _CLEAR_REFS.write_text("5")  # "5": reset the peak RSS (VmHWM, ru_maxrss) to the current RSS
+            _CLEAR_REFS.write_text("5")  # "5": reset the peak RSS (VmHWM) to the current RSS
             self.reset_ok = True
         except OSError:
             self.reset_ok = False

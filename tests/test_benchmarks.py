@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +15,8 @@ import torch.nn as nn
 
 from benchmarks.memory import CpuPeakMeter
 from benchmarks.profile import forward_seconds_per_module, roll_up, saved_tensor_bytes_per_module
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +138,8 @@ class TransientBackward(torch.autograd.Function):
         return grad, None
 
 
-def test_rss_peaks_per_phase_finds_the_phase_of_a_transient():
+def transient_phases() -> dict[str, dict]:
+    """``rss_peaks_per_phase`` of a step through two ``Transient`` modules (48 and 96 MiB), by phase."""
     from benchmarks.profile import rss_peaks_per_phase
 
     net = nn.Sequential(nn.Linear(4, 4), Transient(48), nn.Linear(4, 4), Transient(96))
@@ -142,12 +150,23 @@ def test_rss_peaks_per_phase_finds_the_phase_of_a_transient():
         mark("loss")
         loss.backward()
 
-    phases = {p["phase"]: p for p in rss_peaks_per_phase(net, step, depth=1)}
+    return {p["phase"]: p for p in rss_peaks_per_phase(net, step, depth=1)}
+
+
+def test_rss_peaks_per_phase_finds_the_phase_of_a_transient():
+    # in a process of its own with freed memory going back to the OS, as benchmarks.memory runs the profile: in
+    # the pytest process, blocks freed by earlier tests can serve the transients without the RSS moving
+    script = "import json, sys; sys.path[:0] = ['tests', '.']; import test_benchmarks as t; print(json.dumps(t.transient_phases()))"
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    phases = json.loads(run.stdout.splitlines()[-1])
     mib = 2**20
     assert phases["forward 1 end"]["transient"] >= 44 * mib and phases["forward 3 end"]["transient"] >= 92 * mib
     assert phases["backward 3 end"]["transient"] >= 92 * mib and phases["backward 1 end"]["transient"] >= 44 * mib
     # the other phases allocate nothing of that size
-    assert all(p["transient"] < 30 * mib for name, p in phases.items() if name.endswith(("0 end", "2 end", "loss")))
+    quiet = {name: p["transient"] for name, p in phases.items() if name.endswith(("0 end", "2 end", "loss"))}
+    assert max(quiet.values()) < 30 * mib, quiet
     assert phases["step end"]["end"] < 30 * mib  # nothing kept
 
 
