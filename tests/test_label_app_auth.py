@@ -59,6 +59,7 @@ def secured(tmp_path_factory):
     bundles = small_bundles(root / "bundles")
     server = LabelServer(root / "studies", {"bundles": str(bundles)}, root / "server.log", env=env,
                          headers=token(key, ROLES["user"], expires_in=3600)).start()  # fmt: skip
+    server.bundles = bundles
     yield server, key
     server.stop()
     keycloak.shutdown()
@@ -134,3 +135,54 @@ def test_only_an_admin_deletes(secured, tmp_path):
     assert "gone" not in objects["objects"]
     missing = requests.delete(f"{server.url}/datastore/image", params={"id": "gone"}, headers=admin, timeout=30)
     assert missing.status_code == 404
+
+
+def test_only_an_admin_uploads_weights_that_fit_and_the_old_ones_stay(secured, tmp_path):
+    """``PUT /model``: an admin's upload replaces the weights atomically once it loads into the network with
+    ``weights_only`` and ``strict``; anything else is 422 and changes nothing; the weights replaced are kept."""
+    import os
+    import pickle
+
+    import torch
+
+    server, key = secured
+    annotator, admin = token(key, ROLES["annotator"]), token(key, *ROLES.values())
+    model = "spleen_ct_segresmamba"
+    weights = server.bundles / model / "models" / "model.pt"
+    marker = tmp_path / "unpickled"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    def put(path: Path, headers: dict[str, str]) -> requests.Response:
+        return requests.put(f"{server.url}/model/{model}", files={"file": (path.name, path.read_bytes())},
+                            headers=headers, timeout=120)  # fmt: skip
+
+    from custom_nets.bundle import Bundle
+
+    torch.manual_seed(0)
+    state = Bundle(model, server.bundles / model).parser("inference").get_parsed_content("network_def").state_dict()
+    evil, wrong, missing, good = (tmp_path / f"{name}.pt" for name in ("evil", "wrong", "missing", "good"))
+    evil.write_bytes(pickle.dumps(Payload()))
+    torch.save({**state, "stem.weight": torch.zeros(3)}, wrong)
+    torch.save(dict(list(state.items())[1:]), missing)
+    torch.save({"model": state}, good)
+
+    assert put(good, annotator).status_code == 403 and not weights.exists()
+    for upload, words in ((evil, "weights_only"), (wrong, "size mismatch"), (missing, "Missing key")):
+        response = put(upload, admin)
+        assert response.status_code == 422 and words in response.text and "unchanged" in response.text, response.text
+        assert not weights.exists()
+    assert not marker.exists()
+    assert not weights.parent.exists() or not list(weights.parent.iterdir())  # no temporary left behind
+
+    assert put(good, admin).ok
+    saved = torch.load(weights, weights_only=True)  # stored as a plain state dict, whatever wrapped it
+    assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in state)
+    first = weights.read_bytes()
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, good)
+    assert put(good, admin).ok
+    aside = [p for p in weights.parent.iterdir() if p.name != "model.pt"]
+    assert len(aside) == 1 and aside[0].name.endswith(".replaced") and aside[0].read_bytes() == first
+    assert weights.read_bytes() != first

@@ -1,9 +1,12 @@
-"""``PUT /model/{model}``: MONAI Label's route, replacing a bundle's weights only with weights that load into its
-network, atomically; ``DELETE /model/{model}`` only for an authenticated admin."""
+"""``PUT /model/{model}`` and ``DELETE /model/{model}``, only for an authenticated admin: weights are replaced only
+with weights that load into the bundle's network, atomically, and the weights replaced or deleted are set aside,
+never lost."""
 
 from __future__ import annotations
 
 import os
+from datetime import datetime
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -24,6 +27,14 @@ router = APIRouter(prefix="/model", tags=["Model"])
 def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0] if lines else type(error).__name__)[:300]
+
+
+def set_aside(weights: Path, why: str) -> Path:
+    """A hard link ``<weights>.<time>.<why>`` to the current weights (MONAI Label's name for deleted ones), so that
+    renaming new weights into place leaves the old ones on disk: no copy, and nothing to clean up on failure."""
+    aside = weights.with_name(f"{weights.name}.{datetime.now().strftime('%Y%m%d_%H%M%S_%f')}.{why}")
+    os.link(weights, aside)
+    return aside
 
 
 def update_model(model: str, file: UploadFile) -> dict:
@@ -54,16 +65,21 @@ def update_model(model: str, file: UploadFile) -> dict:
             torch.save(state, temporary)  # the plain state dict, as the bundle's training saves it
             with open(temporary, "rb+") as f:
                 os.fsync(f.fileno())
+            if weights.is_file():
+                set_aside(weights, "replaced")
     return {"checksum": file_checksum(str(weights)), "modified_time": int(weights.stat().st_mtime)}
 
 
-@router.put("/{model}", summary=f"{RBAC_ADMIN}Upload/Update Model File")
+@router.put("/{model}", summary=f"{RBAC_ADMIN}Upload/Update Model File (needs authentication)")
 async def api_update_model(
     model: str, file: UploadFile, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))
 ):
     """Replace ``model``'s weights with the upload once it loads (``strict``) into the bundle's network, saved as a
-    plain state dict and renamed into place; HTTP 422 otherwise, and the old weights stay. MONAI Label's route copies
-    any upload over the weights file in place."""
+    plain state dict and renamed into place, the old weights kept as ``model.pt.<time>.replaced``; HTTP 422
+    otherwise, and the old weights stay. Only for an authenticated admin, 403 while authentication is off: new
+    weights change every annotator's results. MONAI Label's route copies any upload over the weights file in place,
+    for anyone when authentication is off."""
+    needs_authentication("replacing model weights is off")
     return await run_in_threadpool(update_model, model, file)
 
 
