@@ -129,3 +129,26 @@ def test_scoring_and_strategy_names_come_from_the_scoring_classes(app_lib):
 
     assert strategy.ranked(Datastore()) == [("b", 0.7), ("a", 0.1), ("c", None)]
     assert strategy({"strategy": strategy.name}, Datastore()) == {"id": "b", TTAUncertainty.key: 0.7}
+
+
+def test_tta_scoring_takes_the_bundles_own_activation(app_lib, tmp_path, monkeypatch):
+    """BraTS's regions overlap (sigmoid per channel), the spleen's classes do not (softmax): the uncertainty score is
+    the entropy of the bundle's own probabilities, averaged over the flips."""
+    import math
+
+    from lib.infers import BundleSegmentation
+    from lib.scoring import TTAUncertainty
+
+    task = BundleSegmentation(brats_copy(tmp_path, lambda config: config.update(feature_size=8)))
+    scoring = TTAUncertainty(task)
+    assert scoring.kind == "sigmoid"
+    logits = torch.zeros(1, 3, 4, 5, 6)
+    logits[:, 0] = 2.0  # the first region is sure-ish everywhere, the others undecided (p = 0.5)
+    monkeypatch.setattr(task, "pre_transforms", lambda data=None: [lambda d: {"image": torch.zeros(4, 4, 5, 6)}])
+    monkeypatch.setattr(task, "run_inferer", lambda data, convert_to_batch=True, device="cpu": {"pred": logits})
+    p = 1 / (1 + math.exp(-2.0))
+    expected = -(p * math.log(p) + (1 - p) * math.log(1 - p)) + 2 * math.log(2)
+    assert scoring.score("unused", "cpu") == pytest.approx(expected, rel=1e-5)
+
+    spleen = BundleSegmentation(find_bundle("spleen_ct_segresmamba_fast"))
+    assert TTAUncertainty(spleen).kind == "softmax"

@@ -3,7 +3,7 @@ pipeline. The command line, the MONAI Label app and the demo all use this one mo
 
 from .bundle import WEIGHTS, Bundle, bundle_search_dirs, checked_overrides, find_bundle, find_bundles
 from .folders import ENVIRONMENT_VARIABLES, bundles_folder, shipped_folder
-from .inference import InferencePipeline, Prediction, load_state_dict, resolve_device
+from .inference import InferencePipeline, Prediction, load_state_dict, probability_activation, resolve_device
 from .tta import FLIPS, flip_averaged
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "Prediction",
     "flip_averaged",
     "load_state_dict",
+    "probability_activation",
     "ENVIRONMENT_VARIABLES",
     "WEIGHTS",
     "Bundle",

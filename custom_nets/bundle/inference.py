@@ -17,7 +17,7 @@ from typing import Any
 from ..io import InputError
 from .bundle import Bundle, checked_overrides
 
-__all__ = ["InferencePipeline", "Prediction", "load_state_dict", "resolve_device"]
+__all__ = ["InferencePipeline", "Prediction", "load_state_dict", "probability_activation", "resolve_device"]
 
 
 def resolve_device(device: str = "auto"):
@@ -79,6 +79,27 @@ def load_state_dict(path: str | Path) -> dict:
     return state
 
 
+def probability_activation(postprocessing, key: str) -> tuple[str | None, Any]:
+    """How a bundle's postprocessing turns the network's logits under ``key`` into probabilities: ``("softmax",
+    step)`` or ``("sigmoid", step)`` when its first step is an ``Activationsd`` doing that to ``key`` (the Model Zoo's
+    postprocessing starts so), else ``(None, None)``.
+
+    Args:
+        postprocessing: the postprocessing's transforms, in order.
+        key: the network output's key in the data (``Bundle.output_key``).
+    """
+    from monai.transforms import Activationsd
+
+    first = postprocessing[0] if postprocessing else None
+    if not isinstance(first, Activationsd) or key not in first.keys:
+        return None, None
+    index = list(first.keys).index(key)
+    if first.other[index] is not None:
+        return None, None
+    kind = "softmax" if first.softmax[index] else "sigmoid" if first.sigmoid[index] else None
+    return kind, (first if kind else None)
+
+
 @dataclass
 class Prediction:
     """One image's result, on the input image's grid.
@@ -115,7 +136,7 @@ class InferencePipeline:
     def __init__(
         self, bundle: Bundle, device, overrides: dict[str, Any] | None = None, weights: str | Path | None = None
     ) -> None:
-        from monai.transforms import Activationsd, AsDiscreted, Compose, SaveImage, SaveImaged
+        from monai.transforms import AsDiscreted, Compose, SaveImage, SaveImaged
 
         from .transforms import RegionsToLabelsd
 
@@ -155,16 +176,9 @@ class InferencePipeline:
         self.postprocessing = Compose(transforms)
         # Model Zoo postprocessing: activation, back to the input grid (Invertd), discretisation. Split so that the
         # probabilities can be averaged over flips and saved on the input grid.
-        first = transforms[0] if transforms else None
-        flags = {}
-        if isinstance(first, Activationsd) and bundle.output_key in first.keys:
-            index = list(first.keys).index(bundle.output_key)
-            if first.other[index] is None:
-                flags = {"softmax": first.softmax[index], "sigmoid": first.sigmoid[index]}
-        self.activation_kind = next((kind for kind, on in flags.items() if on), None)
+        self.activation_kind, self._activation = probability_activation(transforms, bundle.output_key)
         rest = transforms[1:] if self.activation_kind else transforms
         split = next((i for i, t in enumerate(rest) if isinstance(t, AsDiscreted)), None)
-        self._activation = first if self.activation_kind else None
         self._to_grid = Compose(rest[:split]) if split is not None else None
         self._discretise = Compose(rest[split:]) if split is not None else None
 
