@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -135,3 +136,54 @@ def test_server_killed_during_training_restarts_with_nothing_lost(tmp_path):
         assert requests.get(f"{server.url}/train/", timeout=30).json().get("status") != "RUNNING"
     finally:
         server.stop()
+
+
+def test_index_refreshes_from_two_threads_take_turns(tmp_path, monkeypatch):
+    """A removal's refresh (request thread) while the folder watcher's refresh walks the index: MONAI Label's
+    stock datastore changes the labels being iterated and fails with "dictionary changed size during iteration"
+    (a 500 on DELETE /datastore/label, seen in a full test run); the app's takes one refresh at a time."""
+    import threading
+
+    import monailabel.datastore.local as stock
+
+    sys.path.insert(0, str(APP))
+    from lib.datastore import CheckedLocalDatastore
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    store = CheckedLocalDatastore(str(studies), extensions=("*.nii.gz",))
+    store.add_image("ct", str(CT), {})
+    label = spleen_label(tmp_path / "label.nii.gz")
+    for tag in ("final", "original"):
+        store.save_label("ct", str(label), tag, {})
+
+    walker = threading.current_thread()
+    inside, removed = threading.Event(), threading.Event()
+    exists = os.path.exists
+
+    def exists_pausing_in_the_label_walk(path):
+        # the walking refresh stops at its first label until the other refresh is done (or 3 s, when it must wait)
+        if threading.current_thread() is walker and "labels" in str(path) and not inside.is_set():
+            inside.set()
+            removed.wait(timeout=3)
+        return exists(path)
+
+    monkeypatch.setattr(stock.os.path, "exists", exists_pausing_in_the_label_walk)
+    errors = []
+
+    def remove_and_refresh():
+        inside.wait(timeout=30)
+        try:
+            (studies / "labels" / "original" / "ct.nii.gz").unlink()
+            store.refresh()
+        except Exception as error:  # noqa: BLE001 - the test reports it
+            errors.append(error)
+        finally:
+            removed.set()
+
+    remover = threading.Thread(target=remove_and_refresh)
+    remover.start()
+    store.refresh()
+    remover.join(timeout=60)
+    assert inside.is_set() and errors == []
+    assert store.get_label_uri("ct", "final") and not store.get_label_uri("ct", "original")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ class CheckedLocalDatastore(LocalDatastore):
 
     Unlike the stock one it answers bad uploads with HTTP 4xx (ids with path characters, files that are not
     readable 3D images, labels whose grid differs from their image's) and writes images, labels and the index
-    through a temporary file and an atomic rename.
+    through a temporary file and an atomic rename. The stock index is changed without a lock from the request
+    threads and from the folder watcher's thread (a refresh iterating it while another removes an entry fails with
+    "dictionary changed size during iteration"); here one lock orders every change and refresh of the index.
 
     Args:
         max_voxels: the largest image or label accepted (voxels times channels), checked from its header before any
@@ -41,7 +44,12 @@ class CheckedLocalDatastore(LocalDatastore):
 
     def __init__(self, *args, max_voxels: int = MAX_VOXELS, **kwargs):
         self.max_voxels = max_voxels
+        self._index_lock = threading.RLock()  # taken before the file lock, never after it
         super().__init__(*args, **kwargs)
+
+    def refresh(self) -> None:
+        with self._index_lock:
+            super().refresh()
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         derived_id, ext = self._to_id(os.path.basename(image_filename))
@@ -54,7 +62,7 @@ class CheckedLocalDatastore(LocalDatastore):
         read_geometry(image_filename, f"uploaded image {image_id!r}", self.max_voxels)
 
         name = self._filename(image_id, ext)
-        with FileLock(self._lock_file):
+        with self._index_lock, FileLock(self._lock_file):
             replace_atomically(lambda tmp: shutil.copyfile(image_filename, tmp), Path(self._datastore.image_path(), name))
             info = {**(image_info or {}), "ts": int(time.time()), "name": name}
             self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
@@ -86,7 +94,7 @@ class CheckedLocalDatastore(LocalDatastore):
         _, ext = self._to_id(os.path.basename(label_filename))
         name = self._filename(image_id, ext)
         label_dir = Path(self._datastore.label_path(label_tag))
-        with FileLock(self._lock_file):
+        with self._index_lock, FileLock(self._lock_file):
             label_dir.mkdir(parents=True, exist_ok=True)
             replace_atomically(lambda tmp: shutil.copyfile(label_filename, tmp), label_dir / name)
             info = {**(label_info or {}), "ts": int(time.time()), "name": name}
@@ -103,8 +111,9 @@ class CheckedLocalDatastore(LocalDatastore):
             replace_atomically(write, self._datastore_config_path)
             self._config_ts = os.stat(self._datastore_config_path).st_mtime
 
-        if lock:
-            with FileLock(self._lock_file):
+        with self._index_lock:
+            if lock:
+                with FileLock(self._lock_file):
+                    update()
+            else:
                 update()
-        else:
-            update()
