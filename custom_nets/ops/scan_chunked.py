@@ -3,8 +3,9 @@
 The sequence is cut into segments that fit a memory budget, and each segment into short chunks. Inside a chunk the
 recurrence is solved in closed form in log space, all chunks of a segment at once; chunks are chained by their
 boundary states, and segments one after another. The backward pass recomputes each segment, so what is kept for
-backward is the inputs plus one state per segment, never a ``batch x d_inner x L x d_state`` tensor. On CPU the
-forward pass steps through all chunks at once instead (``scan_cpu``), which makes fewer passes over memory.
+backward is the inputs plus one state per segment, never a ``batch x d_inner x L x d_state`` tensor. On CPU both
+passes step through all chunks at once instead (``scan_cpu``), which makes fewer passes over memory, and the
+backward pass writes the gradients by hand rather than differentiating the closed form.
 
 It computes in float32 (float64 inputs stay float64); outputs have ``u``'s dtype.
 """
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .layout import from_time_major, to_time_major
-from .scan_cpu import full_precision_matmul, scan_forward
+from .scan_cpu import full_precision_matmul, scan_backward, scan_forward
 
 __all__ = ["chunked_selective_scan"]
 
@@ -213,7 +214,7 @@ def _closed_form_forward(dt, u, A, B, C, plan):
 
 class _ChunkedSelectiveScan(torch.autograd.Function):
     """Chunked scan; saves the inputs and one state per segment, and recomputes each segment in backward.
-    ``backward_to_come`` False (inference) skips the backward plan and the states it needs."""
+    ``backward_to_come`` False (inference) records no states."""
 
     @staticmethod
     def forward(
@@ -224,13 +225,14 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         u_, A_, B_, C_ = (t.to(dtype) for t in (u, A, _as_groups(B), _as_groups(C)))
         D_, bias_ = (None if t is None else t.to(dtype)[:, None] for t in (D, delta_bias))
         dt = _time_step(delta.to(dtype), bias_, delta_softplus)  # (b, d_inner, L)
-        plan = _plan(dt, A_, max_chunk, segment_elements) if backward_to_come or u.device.type != "cpu" else None
+        plan = None if u.device.type == "cpu" else _plan(dt, A_, max_chunk, segment_elements)
         if u.device.type == "cpu":
             segment = (
                 _segment_length(u.shape[0], u.shape[1], A.shape[1], max_chunk, segment_elements)
                 if backward_to_come else None
             )
             y, segment_states, h = scan_forward(dt, u_, A_, B_, C_, max_chunk, segment, block_elements)
+            ctx.segment, ctx.chunk, ctx.block_elements = segment, max_chunk, block_elements
         else:
             y, segment_states, h = _closed_form_forward(dt, u_, A_, B_, C_, plan)
         if backward_to_come:
@@ -242,47 +244,87 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_last_state):
-        u, delta, A, B, C, D, z, delta_bias, segment_states = ctx.saved_tensors
-        dtype = _compute_dtype(u)
-        groups = _as_groups(B).shape[1]
-        batch, d_inner, length = u.shape
-        # Channel-major as saved, (b, g, channels, L); each segment is brought to time-major on its own, and its
-        # gradients written back channel-major: no time-major copy of the whole sequences, nor of their gradients.
-        sequences = [None if t is None else t.reshape(batch, groups, -1, length) for t in (u, delta, z)]
-        sequences += [_as_groups(t) for t in (B, C)]
-        sequences.append(grad_out.reshape(batch, groups, -1, length))
-        params = [None if t is None else _per_group(t, groups, dtype).requires_grad_() for t in (A, D, delta_bias)]
-        grad_sequences = [None if t is None else torch.empty(t.shape, dtype=dtype, device=t.device)
-                          for t in sequences[:-1]]
-        grad_params = [None if t is None else torch.zeros_like(t) for t in params]
-        grad_h = torch.zeros_like(segment_states[0]) if grad_last_state is None else (
-            grad_last_state.to(dtype).reshape(segment_states[0].shape)
-        )
-        for index in reversed(range(len(ctx.plan))):
-            start, end, chunk = ctx.plan[index]
-            w = slice(start, end)
-            *pieces, grad_piece = [None if t is None else to_time_major(t[..., w].to(dtype)) for t in sequences]
-            with torch.enable_grad():
-                pieces = [None if t is None else t.requires_grad_() for t in pieces]
-                h0 = segment_states[index].to(dtype).requires_grad_()
-                u_c, delta_c, z_c, B_c, C_c = pieces
-                A_, D_, bias_ = params
-                dt = _time_step(delta_c, bias_, ctx.delta_softplus)
-                y, h_end = _scan_segment(dt, u_c, A_, B_c, C_c, h0, chunk)
-                out = _finish(y, u_c, D_, z_c)
-                leaves = [t for t in pieces + params + [h0] if t is not None]
-                grads = iter(torch.autograd.grad((out, h_end), leaves, (grad_piece, grad_h)))
-            for target, piece in zip(grad_sequences, pieces):
-                if piece is not None:
-                    from_time_major(next(grads), out=target[..., w])
-            for target, param in zip(grad_params, params):
-                if param is not None:
-                    target += next(grads)
-            grad_h = next(grads)
-        du, ddelta, dz, dB, dC = grad_sequences
-        du, ddelta, dz = (None if g is None else g.view(batch, d_inner, length) for g in (du, ddelta, dz))
-        dB, dC = (g if t.dim() == 4 else g.squeeze(1) for g, t in ((dB, B), (dC, C)))
-        dA, dD, dbias = (None if g is None else g.reshape(-1, *g.shape[3:]) for g in grad_params)
-        originals = (u, delta, A, B, C, D, z, delta_bias)
-        grads_in = (du, ddelta, dA, dB, dC, dD, dz, dbias)
-        return (*(None if g is None else g.to(t.dtype) for g, t in zip(grads_in, originals)), *(None,) * 5)
+        saved = ctx.saved_tensors  # once: under activation checkpointing a second read is an error
+        backward = _cpu_backward if saved[0].device.type == "cpu" else _recompute_backward
+        return (*backward(ctx, saved, grad_out, grad_last_state), *(None,) * 5)
+
+
+def _cpu_backward(ctx, saved, grad_out, grad_last_state):
+    """The gradients on CPU: the recurrence's by ``scan_cpu.scan_backward``; the time step's, the skip term's and
+    the gate's by their derivatives."""
+    u, delta, A, B, C, D, z, delta_bias, records = saved
+    dtype = _compute_dtype(u)
+    batch, d_inner, length = u.shape
+    u_, A_, B_, C_, grad_out_ = (t.to(dtype) for t in (u, A, _as_groups(B), _as_groups(C), grad_out))
+    D_, bias_ = (None if t is None else t.to(dtype)[:, None] for t in (D, delta_bias))
+    pre = delta.to(dtype) if bias_ is None else delta.to(dtype) + bias_
+    dt = F.softplus(pre) if ctx.delta_softplus else pre
+    gate = None if z is None else F.silu(z.to(dtype))
+    grad_y = grad_out_ if gate is None else grad_out_ * gate
+    grad_last = None if grad_last_state is None else grad_last_state.to(dtype).reshape(records.shape[1:])
+    y, ddt, du, dA, dB, dC = scan_backward(
+        dt, u_, A_, B_, C_, grad_y, grad_last, records, ctx.segment, ctx.chunk, ctx.block_elements
+    )
+    dD = dz = dbias = None
+    if D_ is not None:
+        dD = (grad_y * u_).sum(dim=(0, 2))
+        du = du.addcmul(grad_y, D_)
+        y = y.addcmul(u_, D_)
+    if z is not None:
+        sigmoid = torch.sigmoid(z.to(dtype))
+        dz = grad_out_ * y * sigmoid * (1 + z.to(dtype) * (1 - sigmoid))  # silu'(z) = s (1 + z (1 - s))
+    ddelta = ddt * torch.sigmoid(pre) if ctx.delta_softplus else ddt
+    if delta_bias is not None:
+        dbias = ddelta.sum(dim=(0, 2))
+    dB, dC = (g if t.dim() == 4 else g.squeeze(1) for g, t in ((dB, B), (dC, C)))
+    grads = (du, ddelta, dA, dB, dC, dD, dz, dbias)
+    return tuple(None if g is None else g.to(t.dtype) for g, t in zip(grads, (u, delta, A, B, C, D, z, delta_bias)))
+
+
+def _recompute_backward(ctx, saved, grad_out, grad_last_state):
+    """The gradients elsewhere (CUDA): each segment recomputed in closed form from its saved state, and
+    differentiated by autograd, segment after segment from the last."""
+    u, delta, A, B, C, D, z, delta_bias, segment_states = saved
+    dtype = _compute_dtype(u)
+    groups = _as_groups(B).shape[1]
+    batch, d_inner, length = u.shape
+    # Channel-major as saved, (b, g, channels, L); each segment is brought to time-major on its own, and its
+    # gradients written back channel-major: no time-major copy of the whole sequences, nor of their gradients.
+    sequences = [None if t is None else t.reshape(batch, groups, -1, length) for t in (u, delta, z)]
+    sequences += [_as_groups(t) for t in (B, C)]
+    sequences.append(grad_out.reshape(batch, groups, -1, length))
+    params = [None if t is None else _per_group(t, groups, dtype).requires_grad_() for t in (A, D, delta_bias)]
+    grad_sequences = [None if t is None else torch.empty(t.shape, dtype=dtype, device=t.device)
+                      for t in sequences[:-1]]
+    grad_params = [None if t is None else torch.zeros_like(t) for t in params]
+    grad_h = torch.zeros_like(segment_states[0]) if grad_last_state is None else (
+        grad_last_state.to(dtype).reshape(segment_states[0].shape)
+    )
+    for index in reversed(range(len(ctx.plan))):
+        start, end, chunk = ctx.plan[index]
+        w = slice(start, end)
+        *pieces, grad_piece = [None if t is None else to_time_major(t[..., w].to(dtype)) for t in sequences]
+        with torch.enable_grad():
+            pieces = [None if t is None else t.requires_grad_() for t in pieces]
+            h0 = segment_states[index].to(dtype).requires_grad_()
+            u_c, delta_c, z_c, B_c, C_c = pieces
+            A_, D_, bias_ = params
+            dt = _time_step(delta_c, bias_, ctx.delta_softplus)
+            y, h_end = _scan_segment(dt, u_c, A_, B_c, C_c, h0, chunk)
+            out = _finish(y, u_c, D_, z_c)
+            leaves = [t for t in pieces + params + [h0] if t is not None]
+            grads = iter(torch.autograd.grad((out, h_end), leaves, (grad_piece, grad_h)))
+        for target, piece in zip(grad_sequences, pieces):
+            if piece is not None:
+                from_time_major(next(grads), out=target[..., w])
+        for target, param in zip(grad_params, params):
+            if param is not None:
+                target += next(grads)
+        grad_h = next(grads)
+    du, ddelta, dz, dB, dC = grad_sequences
+    du, ddelta, dz = (None if g is None else g.view(batch, d_inner, length) for g in (du, ddelta, dz))
+    dB, dC = (g if t.dim() == 4 else g.squeeze(1) for g, t in ((dB, B), (dC, C)))
+    dA, dD, dbias = (None if g is None else g.reshape(-1, *g.shape[3:]) for g in grad_params)
+    originals = (u, delta, A, B, C, D, z, delta_bias)
+    grads_in = (du, ddelta, dA, dB, dC, dD, dz, dbias)
+    return tuple(None if g is None else g.to(t.dtype) for g, t in zip(grads_in, originals))

@@ -1,14 +1,17 @@
-"""The forward pass of the torch selective scan on CPU: the recurrence stepped through every chunk at once.
+"""The torch selective scan on CPU, forward and backward: the recurrence stepped through every chunk at once.
 
 The sequence is cut into chunks of ``chunk`` steps and the chunks into blocks. Within a block each step of the
 recurrence ``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t`` is one elementwise operation over all of the block's chunks:
 a first sweep gives every chunk's end state from a zero start, a pass over groups of chunks the state entering each
-of them, and a second sweep from those states gives ``h_t`` and ``y_t = <C_t, h_t>``.
+of them, and a second sweep from those states gives ``h_t`` and ``y_t = <C_t, h_t>``. The backward pass
+(``scan_backward``) recomputes a block's states the same way from a state the forward pass recorded, and runs the
+adjoint recurrence backwards in time through the same chunks; its gradients are written out by hand.
 
-Compared with the closed form that the backward pass recomputes (``scan_chunked._scan_segment``) this multiplies decays step
-by step, so it needs no bound on the decay inside a chunk, and it makes fewer passes over the state elements, all
-into buffers of a per-thread workspace reused from block to block. Writing into buffers is what makes it fast and
-what makes it non-differentiable: ``scan_chunked._ChunkedSelectiveScan`` runs it with gradients off.
+Compared with the closed form that CUDA tensors take (``scan_chunked._scan_segment``, differentiated by autograd)
+this multiplies decays step by step, so it needs no bound on the decay inside a chunk, and it makes fewer passes
+over the state elements, all into buffers of a per-thread workspace reused from block to block. Writing into
+buffers is what makes it fast and what makes it non-differentiable: ``scan_chunked._ChunkedSelectiveScan`` runs
+it with gradients off and calls ``scan_backward`` for the gradients.
 
 Layout: time-major, state elements as ``(batch, groups, chunks, chunk, d_state, d_inner // groups)``, so that the
 innermost dimension of every operation is the long, contiguous channel one.
@@ -23,7 +26,7 @@ import torch
 
 from .layout import from_time_major, to_time_major
 
-__all__ = ["full_precision_matmul", "scan_forward"]
+__all__ = ["full_precision_matmul", "scan_backward", "scan_forward"]
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -177,3 +180,102 @@ def full_precision_matmul(t: torch.Tensor) -> bool:
     float32 matmul precision below ``"highest"``. The closed form's scaled terms span up to e^60, which those would
     round to 8-11 bits, and either form's readout would lose digits; where this is false, both sum instead."""
     return t.device.type == "cpu" and (t.dtype == torch.float64 or torch.get_float32_matmul_precision() == "highest")
+
+
+def scan_backward(dt, u, A, B, C, grad_y, grad_last, records, segment: int, chunk: int, block_elements: int = 1 << 20):
+    """The gradients of the recurrence, by hand: ``scan_forward``'s states recomputed block by block from the states
+    it recorded, and the adjoint recurrence stepped backwards through the same chunks.
+
+    With ``a_t = exp(dt_t A)``, ``x_t = dt_t u_t B_t``, ``h_t = a_t h_{t-1} + x_t`` and ``y_t = <C_t, h_t>``, the
+    adjoint ``g_t = dL/dh_t`` follows ``g_t = a_{t+1} g_{t+1} + C_t dy_t`` from ``g_{L-1} = C_{L-1} dy_{L-1} +
+    grad_last``, and (sums over the state index n or the channel d as the shapes ask)::
+
+        dC_t = sum_d h_t dy_t       dB_t = sum_d g_t dt_t u_t        d(dt_t u_t) = sum_n g_t B_t
+        w_t = g_t * a_t h_{t-1} = g_t * (h_t - x_t):   ddt_t += sum_n w_t A,   dA = sum_t w_t dt_t
+
+    Both recurrences run as ``scan_forward`` runs its own (each step one operation over every chunk of a block),
+    so nothing of size ``batch x d_inner x L x d_state`` is alive beyond one block's buffers. Autograd through the
+    closed form, which CUDA tensors still take, made several times as many passes over the states.
+
+    Args:
+        dt, u: ``(batch, d_inner, L)``, the time steps after bias and softplus; ``A``: ``(d_inner, d_state)``;
+        B, C: ``(batch, groups, d_state, L)``.
+        grad_y: the gradient of ``y`` (before the skip term and the gate), ``(batch, d_inner, L)``.
+        grad_last: the gradient of the last state, ``(batch, groups, d_inner // groups, d_state)``, or ``None``.
+        records, segment: the states ``scan_forward`` recorded (``record_every=segment``).
+        chunk: steps per chunk; block_elements: state elements of one block (a multiple of ``segment`` steps).
+
+    All in one floating dtype. Returns ``y``, ``ddt``, ``du`` (like ``dt``), ``dA`` (like ``A``) and ``dB``, ``dC``
+    (like ``B``).
+    """
+    batch, d_inner, length = dt.shape
+    groups, d_state = B.shape[1], B.shape[2]
+    per_group = d_inner // groups
+    padded = -(-length // chunk) * chunk
+    dt_t, u_t, grad_t = (to_time_major(t, groups, padded) for t in (dt, u, grad_y))  # (b, g, P, dg), zero padding
+    B_t, C_t = (to_time_major(t, padded=padded) for t in (B, C))  # (b, g, P, N)
+    dtu_t = dt_t * u_t
+    # a_{t+1}: the decay that carries g_{t+1} back to step t; past the end a decay of 1 carries grad_last
+    dt_next = torch.cat([dt_t[:, :, 1:], dt_t.new_zeros(batch, groups, 1, per_group)], dim=2)
+    A_ = A.reshape(1, groups, 1, per_group, d_state).transpose(3, 4).contiguous()  # (1, g, 1, N, dg)
+
+    per_step = batch * d_inner * d_state
+    block = max(1, block_elements // (per_step * segment)) * segment
+    outputs = [torch.empty_like(dt_t) for _ in range(3)]  # y, ddt, du (time-major)
+    y_t, ddt_t, du_t = outputs
+    dB_t, dC_t = torch.empty_like(B_t), torch.empty_like(C_t)
+    dA = A_.new_zeros(A_.shape)
+    carry = dt.new_zeros(batch, groups, d_state, per_group) if grad_last is None else (
+        grad_last.reshape(batch, groups, per_group, d_state).transpose(2, 3).contiguous()
+    )
+    for start in reversed(range(0, padded, block)):
+        end = min(start + block, padded)
+        w = slice(start, end)
+        chunks = (end - start) // chunk
+        shape = (batch, groups, chunks, chunk, d_state, per_group)
+        decay, inputs, states, adjoint = _workspace([shape] * 4, dt.dtype)
+        flat = (batch, groups, end - start, d_state, per_group)
+        torch.mul(dt_t[:, :, w].unsqueeze(3), A_, out=decay.view(flat)).exp_()
+        torch.mul(dtu_t[:, :, w].unsqueeze(3), B_t[:, :, w].unsqueeze(4), out=inputs.view(flat))
+        entering = records[start // segment].transpose(2, 3)  # (b, g, N, dg)
+        _linear_recurrence(decay, inputs, entering, states, reverse=False)
+        h = states.view(flat)
+        torch.sum(h * C_t[:, :, w].unsqueeze(4), dim=3, out=y_t[:, :, w])
+        torch.sum(h * grad_t[:, :, w].unsqueeze(3), dim=4, out=dC_t[:, :, w])
+        torch.mul(dt_next[:, :, w].unsqueeze(3), A_, out=decay.view(flat)).exp_()
+        torch.mul(C_t[:, :, w].unsqueeze(4), grad_t[:, :, w].unsqueeze(3), out=adjoint.view(flat))
+        carry = _linear_recurrence(decay, adjoint, carry, adjoint, reverse=True)
+        g = adjoint.view(flat)
+        torch.sum(g * dtu_t[:, :, w].unsqueeze(3), dim=4, out=dB_t[:, :, w])
+        torch.sum(g * B_t[:, :, w].unsqueeze(4), dim=3, out=du_t[:, :, w])  # d(dt u) for now
+        weighted = h.sub_(inputs.view(flat)).mul_(g)  # w_t = g_t * a_t h_{t-1}
+        torch.sum(weighted * A_, dim=3, out=ddt_t[:, :, w])
+        dA += (weighted * dt_t[:, :, w].unsqueeze(3)).sum(dim=(0, 2), keepdim=True)
+    ddt_t.addcmul_(du_t, u_t)
+    du_t.mul_(dt_t)
+    y, ddt, du = (from_time_major(t[:, :, :length].contiguous()) for t in outputs)
+    dB, dC = (t[:, :, :length].transpose(2, 3) for t in (dB_t, dC_t))
+    dA = dA.transpose(3, 4).reshape(d_inner, d_state)
+    return y, ddt, du, dA, dB, dC
+
+
+def _linear_recurrence(decay, inputs, start, out, reverse: bool):
+    """``s_t = decay_t * s_{t-1} + inputs_t`` from ``s_{-1} = start`` (``reverse``: ``s_t = decay_t * s_{t+1} +
+    inputs_t`` from ``s_T = start``) over ``(batch, groups, chunks, chunk, ...)`` tensors: each chunk's end state
+    from a zero start, all chunks at once; then the chunks one after another; then every step of every chunk. Writes
+    the states into ``out`` (which may be ``inputs``) and returns the state at the far end."""
+    order = (lambda steps: steps[::-1]) if reverse else (lambda steps: steps)
+    decays, step_inputs, step_out = (order(t.unbind(3)) for t in (decay, inputs, out))
+    local_end = step_inputs[0].clone()
+    for decay_j, inputs_j in zip(decays[1:], step_inputs[1:]):
+        torch.addcmul(inputs_j, decay_j, local_end, out=local_end)
+    chunk_decay = decay.prod(dim=3)
+    entering = torch.empty_like(local_end)
+    state = start
+    for k in order(range(decay.shape[2])):
+        entering[:, :, k] = state
+        state = torch.addcmul(local_end[:, :, k], chunk_decay[:, :, k], state)
+    running = entering
+    for decay_j, inputs_j, out_j in zip(decays, step_inputs, step_out):
+        running = torch.addcmul(inputs_j, decay_j, running, out=out_j)
+    return state
