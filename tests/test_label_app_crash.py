@@ -64,21 +64,28 @@ def spleen_label(path: Path, value: int = 1) -> Path:
     return path
 
 
+def labelled_store(folder: Path, tags=("final",)):
+    """The app's local datastore in ``folder/studies`` holding the CT and its spleen label under each of ``tags``."""
+    sys.path.insert(0, str(APP))
+    from lib.datastore import CheckedLocalDatastore
+
+    studies = folder / "studies"
+    studies.mkdir()
+    store = CheckedLocalDatastore(str(studies), extensions=("*.nii.gz",))
+    store.add_image("ct", str(CT), {})
+    label = spleen_label(folder / "first.nii.gz")
+    for tag in tags:
+        store.save_label("ct", str(label), tag, {})
+    return store, studies, label
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("moment", ["label_copy", "index_write"])
 def test_kill_during_label_save_keeps_the_saved_label(tmp_path, moment):
-    sys.path.insert(0, str(APP))
-    from lib.datastore import CheckedLocalDatastore
-
-    studies = tmp_path / "studies"
-    studies.mkdir()
-    store = CheckedLocalDatastore(str(studies), extensions=("*.nii.gz",))
-    store.add_image("ct", str(CT), {})
-    first = spleen_label(tmp_path / "first.nii.gz")
-    store.save_label("ct", str(first), "final", {})
+    store, studies, first = labelled_store(tmp_path)
     saved = studies / "labels" / "final" / "ct.nii.gz"
     index = studies / "datastore_v2.json"
     index_before = index.read_text()
@@ -93,7 +100,7 @@ def test_kill_during_label_save_keeps_the_saved_label(tmp_path, moment):
         assert saved.read_bytes() == first.read_bytes() and index.read_text() == index_before
     else:  # the new label landed whole before the kill; the index still names it
         assert saved.read_bytes() == second.read_bytes()
-    reopened = CheckedLocalDatastore(str(studies), extensions=("*.nii.gz",))
+    reopened = type(store)(str(studies), extensions=("*.nii.gz",))
     assert reopened.get_labeled_images("final") == ["ct"]
     assert nib.load(reopened.get_label_uri("ct", "final")).get_fdata().sum() > 0
 
@@ -146,16 +153,7 @@ def test_index_refreshes_from_two_threads_take_turns(tmp_path, monkeypatch):
 
     import monailabel.datastore.local as stock
 
-    sys.path.insert(0, str(APP))
-    from lib.datastore import CheckedLocalDatastore
-
-    studies = tmp_path / "studies"
-    studies.mkdir()
-    store = CheckedLocalDatastore(str(studies), extensions=("*.nii.gz",))
-    store.add_image("ct", str(CT), {})
-    label = spleen_label(tmp_path / "label.nii.gz")
-    for tag in ("final", "original"):
-        store.save_label("ct", str(label), tag, {})
+    store, studies, _ = labelled_store(tmp_path, tags=("final", "original"))
 
     walker = threading.current_thread()
     inside, removed = threading.Event(), threading.Event()

@@ -254,7 +254,6 @@ def _cpu_backward(ctx, saved, grad_out, grad_last_state):
     the gate's by their derivatives."""
     u, delta, A, B, C, D, z, delta_bias, records = saved
     dtype = _compute_dtype(u)
-    batch, d_inner, length = u.shape
     u_, A_, B_, C_, grad_out_ = (t.to(dtype) for t in (u, A, _as_groups(B), _as_groups(C), grad_out))
     D_, bias_ = (None if t is None else t.to(dtype)[:, None] for t in (D, delta_bias))
     pre = delta.to(dtype) if bias_ is None else delta.to(dtype) + bias_
