@@ -3,6 +3,7 @@ where a run starts from (an interrupted run's training checkpoint, else models/m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -208,9 +209,16 @@ def log_since(server: LabelServer, offset: int) -> str:
     return server.log.read_bytes()[offset:].decode(errors="replace")
 
 
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # about 3 minutes on 2 quiet cores; 15 and more on a shared machine
-def test_slicer_sees_the_defaults_and_a_stopped_training_goes_on_from_its_checkpoint(tmp_path):
+def test_a_server_killed_during_training_loses_nothing_and_the_run_goes_on_from_its_checkpoint(tmp_path):
+    """As Slicer drives it: the defaults shown, an untrained model refused, a label saved, a training run; then the
+    server and its training SIGKILLed (the worst case: no clean-up runs), restarted, and nothing saved is lost: the
+    label, the datastore, the weights and the checkpoint; the next Train resumes the run, the one after fine-tunes."""
     from monailabel.client import MONAILabelClient
     from monailabel.client.client import MONAILabelClientException
 
@@ -224,38 +232,55 @@ def test_slicer_sees_the_defaults_and_a_stopped_training_goes_on_from_its_checkp
     server = LabelServer(studies, {"bundles": str(bundles)}, tmp_path / "server.log").start()
     try:
         client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+        assert client.info()["models"][FAST]["trained"] is False
         client.upload_image(str(SMALL_CT), image_id="ct")
+        with pytest.raises(MONAILabelClientException) as untrained:
+            client.infer(FAST, "ct", {"result_extension": ".nii.gz", "result_dtype": "uint8"})
+        assert "Status: 409" in str(untrained.value) and "no trained weights" in str(untrained.value), untrained.value
         client.save_label("ct", str(spleen_label(tmp_path / "label.nii.gz")), tag="final")
+        label = studies / "labels" / "final" / "ct.nii.gz"
+        label_digest = digest(label)
 
         shown = client.info()["trainers"][FAST]["config"]
         assert (shown["max_epochs"], shown["val_interval"], shown["learning_rate"]) == (20, 5, 0.003)
         with pytest.raises(MONAILabelClientException, match="learning_rate"):
             client.train_start(FAST, {**shown, "learning_rate": 5})
 
-        # Slicer sends every option it shows back, edited: 4 epochs; stopped (SIGKILL) once one is saved
-        offset = server.log.stat().st_size
-        client.train_start(FAST, {**shown, **CHEAP, "max_epochs": 4, "val_interval": 2})
+        # Slicer sends every option it shows back, edited: 5 epochs, validated (and weights saved) every second
+        options = {**shown, **CHEAP, "max_epochs": 5, "val_interval": 2}
+        client.train_start(FAST, options)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            if checkpoint.is_file() and training_progress(checkpoint)[0] >= 1:
+            if weights.is_file() and checkpoint.is_file() and training_progress(checkpoint)[0] >= 2:
                 break
             time.sleep(0.5)
-        client.train_stop()
+        server.kill()
         stopped, planned = training_progress(checkpoint)
-        assert 1 <= stopped < planned == 4, log_since(server, offset)
+        assert 2 <= stopped < planned == 5, server.log_tail()
 
+        server.start()  # on a new port
         offset = server.log.stat().st_size
-        client.train_start(FAST, {**shown, **CHEAP, "max_epochs": 4, "val_interval": 2})
+        client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+        assert digest(label) == label_digest
+        assert client.datastore()["objects"]["ct"]["labels"]["final"]
+        state = torch.load(weights, weights_only=True)
+        assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+        assert training_progress(checkpoint) == (stopped, 5)
+        mask_path, _ = client.infer(FAST, "ct", {"result_extension": ".nii.gz", "result_dtype": "uint8"})
+        assert nib.load(mask_path).shape == nib.load(SMALL_CT).shape
+        assert requests.get(f"{server.url}/train/", timeout=30).json().get("status") != "RUNNING"
+
+        client.train_start(FAST, options)
         status = server.wait_for_training(1500)
         log = log_since(server, offset)
         assert status["status"] == "DONE", log[-4000:]
-        assert f"resuming the training stopped at epoch {stopped}/4" in log
+        assert f"resuming the training stopped at epoch {stopped}/5" in log
         assert f"Restored all variables from {checkpoint}" in log
         epochs = [int(line.split("Epoch: ")[1].split("/")[0]) for line in log.splitlines() if "Epoch: " in line]
-        assert epochs[0] == stopped + 1 and epochs[-1] == 4, epochs
-        assert training_progress(checkpoint) == (4, 4) and weights.is_file()
+        assert epochs[0] == stopped + 1 and epochs[-1] == 5, epochs
+        assert training_progress(checkpoint) == (5, 5) and weights.is_file()
         curves = (bundle / "eval" / "curves.csv").read_text().splitlines()
-        assert [int(row.split(",")[0]) for row in curves[1:]] == list(range(1, 5))  # the whole run, both parts
+        assert [int(row.split(",")[0]) for row in curves[1:]] == list(range(1, 6))  # the whole run, both parts
 
         # a finished run is not resumed: the next Train fine-tunes from model.pt
         offset = server.log.stat().st_size
