@@ -62,8 +62,10 @@ TOTALSEG_NAMES = {
 }
 
 
-def bundle_label_map(seg_file: Path, label_names: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """A TotalSegmentator label map with its organs renumbered to ``label_names`` (others: 0), and its affine."""
+def bundle_label_map(seg_file: Path, label_names: dict[str, int], others_from: int | None = None):
+    """A TotalSegmentator label map with its organs renumbered to ``label_names``, and its affine. Other structures
+    are cleared, or with ``others_from`` kept under ``others_from`` + their TotalSegmentator value (the label map
+    that ``PromptAnyStructured`` picks structures from)."""
     import nibabel as nib
 
     seg = nib.load(str(seg_file))
@@ -71,6 +73,11 @@ def bundle_label_map(seg_file: Path, label_names: dict[str, int]) -> tuple[np.nd
     names = json.loads(Path(str(seg_file).replace(".nii.gz", "_labels.json")).read_text())["labels_present"]
     by_name = {name: int(value) for value, name in names.items()}
     mapped = np.zeros(values.shape, dtype=np.uint8)
+    if others_from is not None:
+        if others_from + values.max() > np.iinfo(mapped.dtype).max:
+            raise ValueError(f"TotalSegmentator values up to {values.max()} do not fit above {others_from}")
+        others = values > 0
+        mapped[others] = others_from + values[others]
     for label, value in label_names.items():
         source = by_name.get(TOTALSEG_NAMES.get(label, ""))
         if value and source is not None:
@@ -89,24 +96,31 @@ def resample_nearest(values: np.ndarray, affine: np.ndarray, shape, target_affin
     return out.reshape(shape)
 
 
-def train(bundle, work: Path, epochs: int, num_samples: int | None = None, resume: bool = False) -> Path:
+def train(bundle, work: Path, epochs: int, num_samples: int | None = None, resume: bool = False,
+          prompt_any_structure: float = 0.0, deepgrow_probability: float | None = None) -> Path:
     """The bundle trained on the shipped abdominal CT with its own train.json (``num_samples``: crops per epoch, by
-    default the bundle's; ``resume``: go on from the training checkpoint in ``work`` up to ``epochs``); returns the
-    weights file."""
+    default the bundle's; ``resume``: go on from the training checkpoint in ``work`` up to ``epochs``;
+    ``prompt_any_structure``: the share of crops whose target is any TotalSegmentator structure, picked at random,
+    see ``custom_nets.interactive.PromptAnyStructured``; ``deepgrow_probability``: the share of iterations with
+    simulated clicks, by default the bundle's); returns the weights file. Validation takes the bundle's labels."""
     import nibabel as nib
     from monai.bundle import run as run_bundle
 
-    mapped, affine = bundle_label_map(TRAIN_LABELS, bundle.click_labels)
-    label_file = work / "train_label.nii.gz"
-    with atomic_output(label_file, suffix=".nii.gz") as temporary:
-        nib.save(nib.Nifti1Image(mapped, affine), str(temporary))
-    case = {"image": str(TRAIN_CT), "label": str(label_file)}
+    labels = {"train_label.nii.gz": 100 if prompt_any_structure else None, "val_label.nii.gz": None}
+    for name, others_from in labels.items():
+        mapped, affine = bundle_label_map(TRAIN_LABELS, bundle.click_labels, others_from)
+        with atomic_output(work / name, suffix=".nii.gz") as temporary:
+            nib.save(nib.Nifti1Image(mapped, affine), str(temporary))
     datalist = work / "datalist.json"
-    write_atomic(datalist, json.dumps({"training": [case], "validation": [case]}))
+    write_atomic(datalist, json.dumps({
+        "training": [{"image": str(TRAIN_CT), "label": str(work / "train_label.nii.gz")}],
+        "validation": [{"image": str(TRAIN_CT), "label": str(work / "val_label.nii.gz")}],
+    }))
+    options = {"num_samples": num_samples, "deepgrow_probability_train": deepgrow_probability}
     run_bundle(
         "training", config_file=[str(bundle.config_file("train"))], bundle_root=str(work), datalist_file=str(datalist),
         epochs=epochs, val_interval=epochs, num_workers=0, cache_rate=1.0, resume=resume,
-        **({"num_samples": num_samples} if num_samples else {}),
+        prompt_any_structure=prompt_any_structure, **{k: v for k, v in options.items() if v is not None},
     )
     return work / "models" / "model.pt"
 
@@ -138,8 +152,10 @@ def noc_curve(pipeline, label: str, truth: np.ndarray, max_clicks: int) -> list[
 
 
 def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int = 80, num_samples: int | None = None,
-        out: str | None = None, weights: str | None = None, work: str | None = None, resume: bool = False) -> dict:
-    """Train (unless ``weights`` are given) and measure Dice against clicks; see the module's docstring."""
+        out: str | None = None, weights: str | None = None, work: str | None = None, resume: bool = False,
+        prompt_any_structure: float = 0.0, deepgrow_probability: float | None = None) -> dict:
+    """Train (unless ``weights`` are given) and measure Dice against clicks; see the module's docstring and
+    ``train`` for the options."""
     import torch
 
     from custom_nets.bundle import InferencePipeline, find_bundle
@@ -149,7 +165,8 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int = 80, n
     work = Path(work) if work else WORK / chosen.name
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    trained = Path(weights) if weights else train(chosen, work, epochs, num_samples, resume)
+    trained = Path(weights) if weights else train(chosen, work, epochs, num_samples, resume, prompt_any_structure,
+                                                  deepgrow_probability)
     train_s = time.perf_counter() - started
     pipeline = InferencePipeline(chosen, torch.device("cpu"), weights=trained)
     pipeline.set_window_progress(False)
@@ -165,7 +182,9 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int = 80, n
         "bundle": chosen.name,
         "train": {"image": str(TRAIN_CT.relative_to(ROOT)), "labels": str(TRAIN_LABELS.relative_to(ROOT)),
                   "epochs": epochs if not weights else None, "seconds": round(train_s, 1) if not weights else None,
-                  "num_samples": num_samples or chosen.parser("train")["num_samples"], "resumed": resume},
+                  "num_samples": num_samples or chosen.parser("train")["num_samples"], "resumed": resume,
+                  "prompt_any_structure": prompt_any_structure,
+                  "deepgrow_probability": deepgrow_probability or chosen.parser("train")["deepgrow_probability_train"]},
         "test": {"image": str(TEST_CT.relative_to(ROOT)), "labels": str(TEST_LABELS.relative_to(ROOT)),
                  "voxels_per_organ": {organ: int((truth == chosen.click_labels[organ]).sum()) for organ in organs}},
         "protocol": "NoC: each click at the centre of the largest error region (foreground if missed, background "

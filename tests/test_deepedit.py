@@ -85,7 +85,8 @@ def test_click_guided_bundle_is_its_plain_bundle_with_guidance(name):
     for file in ("train.json", "inference.json"):
         ours, plain = config(name, file), config(PLAIN[name], file)
         added = set(ours) - set(plain)
-        assert added <= {"label_names", "guidance_sigma", "deepgrow_probability_train", "deepgrow_probability_val"}
+        assert added <= {"label_names", "guidance_sigma", "deepgrow_probability_train", "deepgrow_probability_val",
+                         "prompt_any_structure"}
         same = {key for key in plain if key not in ("imports", "network_def", "train", "validate", "preprocessing")}
         assert {key: ours[key] for key in same} == {key: plain[key] for key in same}, file
         assert {**ours["network_def"], "in_channels": 1} == plain["network_def"]
@@ -93,6 +94,9 @@ def test_click_guided_bundle_is_its_plain_bundle_with_guidance(name):
     assert train["train"]["trainer"]["iteration_update"] == "@train#interaction"
     assert train["train"]["interaction"]["_target_"] == "monai.apps.deepedit.interaction.Interaction"
     assert train["validate"]["evaluator"]["iteration_update"] == "@validate#interaction"
+    # structures picked as targets only where a run asks for them; before the crop, which then finds them
+    assert train["prompt_any_structure"] == 0.0
+    assert train["train"]["random_transforms"][0]["_target_"] == "custom_nets.interactive.PromptAnyStructured"
 
 
 def test_parse_clicks_accepts_voxel_indices_of_known_labels():
@@ -155,6 +159,30 @@ def test_clicks_follow_orientation_spacing_and_crop(tmp_path):
     with pytest.raises(Exception) as error:
         preprocessing({"image": str(path), "spleen": [[40, 0, 0]]})
     assert isinstance(_root_cause(error.value), ClickError) and "outside the image" in str(_root_cause(error.value))
+
+
+def test_prompt_any_structure_picks_structures_as_targets_at_its_rate():
+    from custom_nets.interactive import PromptAnyStructured
+
+    label = np.zeros((1, 20, 20, 20), dtype=np.float32)
+    label[0, :5] = 1  # the model's spleen
+    label[0, 10:15] = 105  # another structure, as benchmarks.clicks keeps them (100 + TotalSegmentator's value)
+    label[0, 17, :2, :2] = 107  # 4 voxels: too small to click
+    names = {"spleen": 1, "background": 0}
+    # an ordinary label map passes unchanged; other values are cleared
+    assert np.array_equal(PromptAnyStructured("label", names)({"label": label})["label"], label * (label == 1))
+
+    transform = PromptAnyStructured("label", names, prob=0.5)
+    transform.set_random_state(0)
+    targets = []
+    for _ in range(200):
+        out = transform({"label": label})["label"]
+        assert out.dtype == label.dtype and set(np.unique(out)) == {0, 1}  # always under the spleen's value
+        targets.append("spleen" if out[0, :5].all() else "other" if out[0, 10:15].all() else "?")
+    # half the samples are prompted, and those pick the spleen or the other structure alike: about 3 to 1
+    assert "?" not in targets and 30 <= targets.count("other") <= 70, targets.count("other")
+    with pytest.raises(ValueError, match="prob"):
+        PromptAnyStructured("label", names, prob=1.5)
 
 
 def test_next_click_is_the_centre_of_the_largest_error_region():

@@ -4,5 +4,6 @@ interaction loop are MONAI's (``monai.apps.deepedit``)."""
 
 from .clicks import ClickError, ClicksToGuidanced, LabelNamesd, parse_clicks
 from .noc import next_click
+from .prompts import PromptAnyStructured
 
-__all__ = ["ClickError", "ClicksToGuidanced", "LabelNamesd", "next_click", "parse_clicks"]
+__all__ = ["ClickError", "ClicksToGuidanced", "LabelNamesd", "PromptAnyStructured", "next_click", "parse_clicks"]

@@ -1,0 +1,84 @@
+"""Training targets that only a click can name: any structure of a many-structure label map as the clicked label.
+
+A click-guided model trained on the organs it segments can reach a low loss without reading the clicks at all (the
+image says where the organ is), and then ignores them on a scan unlike its training scans. With a label map that
+outlines many more structures than the model's labels (TotalSegmentator's outlines 100 and more), a share of the
+training samples can take one structure picked at random as the target of a foreground label: the image alone then
+cannot say what to segment, the clicks placed in that structure (MONAI's DeepEdit click simulation) can.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform, Randomizable
+
+__all__ = ["PromptAnyStructured"]
+
+
+class PromptAnyStructured(Randomizable, MapTransform):
+    """With probability ``prob``, the label becomes one structure of the label map, picked at random, under the value
+    of one of the model's foreground labels (the structure's own label where it is one, else one picked at random);
+    otherwise the label keeps the model's labels only. Either way every value that is not a label of the model is
+    cleared, so the transform leaves an ordinary label map as it is when ``prob`` is 0.
+
+    Put it before the crop (so that the crop finds the structure) and before DeepEdit's seed and guidance transforms.
+
+    Args:
+        keys: the label map, ``(1, D, H, W)``: the model's labels under their own values, any other structure under
+            a value of its own that is not one of them.
+        label_names: the model's labels, name -> value, background (value 0) included.
+        prob: the share of samples whose target is a structure picked at random.
+        min_voxels: structures smaller than this in the sample are not picked (a few voxels give no click).
+    """
+
+    def __init__(
+        self,
+        keys,
+        label_names: Mapping[str, int],
+        prob: float = 0.0,
+        min_voxels: int = 64,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"prob must be in [0, 1], got {prob}")
+        self.values = sorted({int(v) for v in label_names.values() if int(v) != 0})
+        if not self.values:
+            raise ValueError(f"label_names needs a foreground label, got {dict(label_names)}")
+        self.prob, self.min_voxels = float(prob), int(min_voxels)
+
+    def randomize(self, data: Any = None) -> None:
+        self._prompt = self.R.random_sample() < self.prob
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        for key in self.key_iterator(d):
+            d[key] = self._target(d[key])
+        return d
+
+    def _target(self, label):
+        values = torch.as_tensor(label).round().long()
+        if self._prompt:
+            present, counts = torch.unique(values, return_counts=True)
+            candidates = [int(v) for v, n in zip(present, counts) if v != 0 and n >= self.min_voxels]
+            if candidates:
+                chosen = candidates[self.R.randint(len(candidates))]
+                value = chosen if chosen in self.values else self.values[self.R.randint(len(self.values))]
+                return _like(label, (values == chosen) * value)
+        own = torch.zeros_like(values, dtype=torch.bool)
+        for value in self.values:
+            own |= values == value
+        return _like(label, values * own)
+
+
+def _like(label, values: torch.Tensor):
+    """``values`` in ``label``'s type and dtype (a MetaTensor keeps its metadata)."""
+    if isinstance(label, np.ndarray):
+        return values.numpy().astype(label.dtype)
+    out = label.clone() if hasattr(label, "clone") else torch.as_tensor(label)
+    out.copy_(values.to(out.dtype))
+    return out
