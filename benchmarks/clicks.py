@@ -203,8 +203,10 @@ def save(results: dict, folder: Path) -> None:
     lines = [f"# Dice against clicks: {results['bundle']}", "",
              f"Trained on `{results['train']['image']}` ({results['train']['epochs']} epochs of "
              f"{results['train']['num_samples']} crops, "
-             f"{results['train']['seconds']} s), evaluated on `{results['test']['image']}`; "
-             f"{results['protocol']}.", "",
+             f"{results['train']['seconds']} s{', resumed' if results['train'].get('resumed') else ''}; "
+             f"any-structure prompts in {results['train'].get('prompt_any_structure', 0.0):.0%} of the crops, "
+             f"simulated clicks in {results['train'].get('deepgrow_probability', 0.5):.0%} of the iterations), "
+             f"evaluated on `{results['test']['image']}`; {results['protocol']}.", "",
              "| organ | " + " | ".join(f"{c} clicks" for c in CLICKS) + " |",
              "|---|" + "---:|" * len(CLICKS)]
     for organ, dice in results["dice"].items():

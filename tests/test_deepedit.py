@@ -185,6 +185,18 @@ def test_prompt_any_structure_picks_structures_as_targets_at_its_rate():
         PromptAnyStructured("label", names, prob=1.5)
 
 
+def test_click_benchmark_keeps_other_structures_above_the_bundles_labels():
+    from benchmarks.clicks import TRAIN_LABELS, bundle_label_map
+
+    names = {"spleen": 1, "liver": 6, "background": 0}
+    plain, _ = bundle_label_map(TRAIN_LABELS, names)
+    kept, _ = bundle_label_map(TRAIN_LABELS, names, others_from=100)
+    assert set(np.unique(plain)) == {0, 1, 6}
+    assert np.array_equal(kept * (kept < 100), plain)  # the bundle's organs where they were
+    others = np.unique(kept[kept >= 100])
+    assert len(others) > 20 and (100 + 1) not in others  # the spleen (TotalSegmentator's 1) is the bundle's, not other
+
+
 def test_next_click_is_the_centre_of_the_largest_error_region():
     truth = np.zeros((20, 20, 20), dtype=bool)
     truth[2:13, 2:13, 2:13] = True  # 11^3 missed entirely: centre (7, 7, 7)
