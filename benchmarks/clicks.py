@@ -203,7 +203,7 @@ def save(results: dict, folder: Path) -> None:
     lines = [f"# Dice against clicks: {results['bundle']}", "",
              f"Trained on `{results['train']['image']}` ({results['train']['epochs']} epochs of "
              f"{results['train']['num_samples']} crops, "
-             f"{results['train']['seconds']} s{', resumed' if results['train'].get('resumed') else ''}; "
+             f"{results['train']['seconds']} s{' for the resumed part' if results['train'].get('resumed') else ''}; "
              f"any-structure prompts in {results['train'].get('prompt_any_structure', 0.0):.0%} of the crops, "
              f"simulated clicks in {results['train'].get('deepgrow_probability', 0.5):.0%} of the iterations), "
              f"evaluated on `{results['test']['image']}`; {results['protocol']}.", "",
