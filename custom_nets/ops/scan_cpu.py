@@ -212,50 +212,55 @@ def scan_backward(dt, u, A, B, C, grad_y, grad_last, records, segment: int, chun
     groups, d_state = B.shape[1], B.shape[2]
     per_group = d_inner // groups
     padded = -(-length // chunk) * chunk
-    dt_t, u_t, grad_t = (to_time_major(t, groups, padded) for t in (dt, u, grad_y))  # (b, g, P, dg), zero padding
-    B_t, C_t = (to_time_major(t, padded=padded) for t in (B, C))  # (b, g, P, N)
-    dtu_t = dt_t * u_t
-    # a_{t+1}: the decay that carries g_{t+1} back to step t; past the end a decay of 1 carries grad_last
-    dt_next = torch.cat([dt_t[:, :, 1:], dt_t.new_zeros(batch, groups, 1, per_group)], dim=2)
     A_ = A.reshape(1, groups, 1, per_group, d_state).transpose(3, 4).contiguous()  # (1, g, 1, N, dg)
 
     per_step = batch * d_inner * d_state
     block = max(1, block_elements // (per_step * segment)) * segment
-    outputs = [torch.empty_like(dt_t) for _ in range(3)]  # y, ddt, du (time-major)
-    y_t, ddt_t, du_t = outputs
-    dB_t, dC_t = torch.empty_like(B_t), torch.empty_like(C_t)
+    # the results channel-major, as returned; each block's inputs go to time-major on their own and its results come
+    # back, so that no time-major copy of a whole sequence is alive (a dozen of them, before)
+    y, ddt, du = (dt.new_empty(batch, groups, per_group, length) for _ in range(3))
+    dB, dC = B.new_empty(B.shape), C.new_empty(C.shape)
+    grouped = [t.reshape(batch, groups, per_group, length) for t in (dt, u, grad_y)]
     dA = A_.new_zeros(A_.shape)
     carry = dt.new_zeros(batch, groups, d_state, per_group) if grad_last is None else (
         grad_last.reshape(batch, groups, per_group, d_state).transpose(2, 3).contiguous()
     )
     for start in reversed(range(0, padded, block)):
         end = min(start + block, padded)
-        w = slice(start, end)
-        chunks = (end - start) // chunk
+        steps, real = end - start, min(end, length) - start  # real: the steps before the padding
+        w = slice(start, start + real)
+        # dt one step further: a_{t+1} is the decay that carries g_{t+1} back to step t (past the end, a decay of 1
+        # carries grad_last)
+        dt_ahead = to_time_major(grouped[0][..., start : min(end + 1, length)], padded=steps + 1)
+        dt_t, dt_next = dt_ahead[:, :, :steps], dt_ahead[:, :, 1:]  # (b, g, steps, dg)
+        u_t, grad_t = (to_time_major(t[..., w], padded=steps) for t in grouped[1:])
+        B_t, C_t = (to_time_major(t[..., w], padded=steps) for t in (B, C))  # (b, g, steps, N)
+        dtu_t = dt_t * u_t
+        chunks = steps // chunk
         shape = (batch, groups, chunks, chunk, d_state, per_group)
         decay, inputs, states, adjoint = _workspace([shape] * 4, dt.dtype)
-        flat = (batch, groups, end - start, d_state, per_group)
-        torch.mul(dt_t[:, :, w].unsqueeze(3), A_, out=decay.view(flat)).exp_()
-        torch.mul(dtu_t[:, :, w].unsqueeze(3), B_t[:, :, w].unsqueeze(4), out=inputs.view(flat))
+        flat = (batch, groups, steps, d_state, per_group)
+        torch.mul(dt_t.unsqueeze(3), A_, out=decay.view(flat)).exp_()
+        torch.mul(dtu_t.unsqueeze(3), B_t.unsqueeze(4), out=inputs.view(flat))
         entering = records[start // segment].transpose(2, 3)  # (b, g, N, dg)
         _linear_recurrence(decay, inputs, entering, states, reverse=False)
         h = states.view(flat)
-        torch.sum(h * C_t[:, :, w].unsqueeze(4), dim=3, out=y_t[:, :, w])
-        torch.sum(h * grad_t[:, :, w].unsqueeze(3), dim=4, out=dC_t[:, :, w])
-        torch.mul(dt_next[:, :, w].unsqueeze(3), A_, out=decay.view(flat)).exp_()
-        torch.mul(C_t[:, :, w].unsqueeze(4), grad_t[:, :, w].unsqueeze(3), out=adjoint.view(flat))
+        y_t = torch.sum(h * C_t.unsqueeze(4), dim=3)
+        dC_t = torch.sum(h * grad_t.unsqueeze(3), dim=4)
+        torch.mul(dt_next.unsqueeze(3), A_, out=decay.view(flat)).exp_()
+        torch.mul(C_t.unsqueeze(4), grad_t.unsqueeze(3), out=adjoint.view(flat))
         carry = _linear_recurrence(decay, adjoint, carry, adjoint, reverse=True)
         g = adjoint.view(flat)
-        torch.sum(g * dtu_t[:, :, w].unsqueeze(3), dim=4, out=dB_t[:, :, w])
-        torch.sum(g * B_t[:, :, w].unsqueeze(4), dim=3, out=du_t[:, :, w])  # d(dt u) for now
+        dB_t = torch.sum(g * dtu_t.unsqueeze(3), dim=4)
+        ddtu_t = torch.sum(g * B_t.unsqueeze(4), dim=3)  # d(dt u)
         weighted = h.sub_(inputs.view(flat)).mul_(g)  # w_t = g_t * a_t h_{t-1}
-        torch.sum(weighted * A_, dim=3, out=ddt_t[:, :, w])
-        dA += (weighted * dt_t[:, :, w].unsqueeze(3)).sum(dim=(0, 2), keepdim=True)
-    ddt_t.addcmul_(du_t, u_t)
-    du_t.mul_(dt_t)
-    y, ddt, du = (from_time_major(t[:, :, :length].contiguous()) for t in outputs)
-    dB, dC = (t[:, :, :length].transpose(2, 3) for t in (dB_t, dC_t))
+        ddt_t = torch.sum(weighted * A_, dim=3).addcmul_(ddtu_t, u_t)
+        dA += (weighted * dt_t.unsqueeze(3)).sum(dim=(0, 2), keepdim=True)
+        for result, out in ((y_t, y), (ddt_t, ddt), (ddtu_t.mul_(dt_t), du)):
+            from_time_major(result, out[..., w])
+        dB[..., w], dC[..., w] = dB_t[:, :, :real].transpose(2, 3), dC_t[:, :, :real].transpose(2, 3)
     dA = dA.transpose(3, 4).reshape(d_inner, d_state)
+    y, ddt, du = (t.view(batch, d_inner, length) for t in (y, ddt, du))
     return y, ddt, du, dA, dB, dC
 
 
