@@ -61,7 +61,7 @@ class PromptAnyStructured(Randomizable, MapTransform):
         return d
 
     def _target(self, label):
-        values = torch.as_tensor(label).round().to(torch.int32)  # not int64: a full-size CT is tens of millions of voxels
+        values = torch.as_tensor(label).round().to(torch.int32)  # not int64: a CT holds tens of millions of voxels
         if self._prompt:
             present, counts = torch.unique(values, return_counts=True)
             candidates = [int(v) for v, n in zip(present, counts) if v != 0 and n >= self.min_voxels]

@@ -256,23 +256,32 @@ def _cpu_backward(ctx, saved, grad_out, grad_last_state):
     dtype = _compute_dtype(u)
     u_, A_, B_, C_, grad_out_ = (t.to(dtype) for t in (u, A, _as_groups(B), _as_groups(C), grad_out))
     D_, bias_ = (None if t is None else t.to(dtype)[:, None] for t in (D, delta_bias))
+    # sequence-sized temporaries are what this pass's peak is made of: those this function owns are reused in place
     pre = delta.to(dtype) if bias_ is None else delta.to(dtype) + bias_
+    owns_pre = pre is not delta
     dt = F.softplus(pre) if ctx.delta_softplus else pre
-    gate = None if z is None else F.silu(z.to(dtype))
-    grad_y = grad_out_ if gate is None else grad_out_ * gate
+    grad_y = grad_out_ if z is None else grad_out_ * F.silu(z.to(dtype))
     grad_last = None if grad_last_state is None else grad_last_state.to(dtype).reshape(records.shape[1:])
     y, ddt, du, dA, dB, dC = scan_backward(
         dt, u_, A_, B_, C_, grad_y, grad_last, records, ctx.segment, ctx.chunk, ctx.block_elements
     )
+    del dt
     dD = dz = dbias = None
     if D_ is not None:
         dD = (grad_y * u_).sum(dim=(0, 2))
-        du = du.addcmul(grad_y, D_)
-        y = y.addcmul(u_, D_)
+        du.addcmul_(grad_y, D_)
+        y.addcmul_(u_, D_)
+    del grad_y
     if z is not None:
-        sigmoid = torch.sigmoid(z.to(dtype))
-        dz = grad_out_ * y * sigmoid * (1 + z.to(dtype) * (1 - sigmoid))  # silu'(z) = s (1 + z (1 - s))
-    ddelta = ddt * torch.sigmoid(pre) if ctx.delta_softplus else ddt
+        z_ = z.to(dtype)
+        sigmoid = torch.sigmoid(z_)
+        dz = torch.rsub(sigmoid, 1).mul_(z_).add_(1).mul_(sigmoid).mul_(y).mul_(grad_out_)  # silu' = s (1 + z (1 - s))
+        del sigmoid
+    del y
+    if ctx.delta_softplus:
+        ddelta = ddt.mul_(pre.sigmoid_() if owns_pre else torch.sigmoid(pre))
+    else:
+        ddelta = ddt
     if delta_bias is not None:
         dbias = ddelta.sum(dim=(0, 2))
     dB, dC = (g if t.dim() == 4 else g.squeeze(1) for g, t in ((dB, B), (dC, C)))
