@@ -184,7 +184,8 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int = 80, n
                   "epochs": epochs if not weights else None, "seconds": round(train_s, 1) if not weights else None,
                   "num_samples": num_samples or chosen.parser("train")["num_samples"], "resumed": resume,
                   "prompt_any_structure": prompt_any_structure,
-                  "deepgrow_probability": deepgrow_probability or chosen.parser("train")["deepgrow_probability_train"]},
+                  "deepgrow_probability": chosen.parser("train")["deepgrow_probability_train"]
+                  if deepgrow_probability is None else deepgrow_probability},
         "test": {"image": str(TEST_CT.relative_to(ROOT)), "labels": str(TEST_LABELS.relative_to(ROOT)),
                  "voxels_per_organ": {organ: int((truth == chosen.click_labels[organ]).sum()) for organ in organs}},
         "protocol": "NoC: each click at the centre of the largest error region (foreground if missed, background "
