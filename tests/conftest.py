@@ -3,17 +3,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-
-from custom_nets.ops.cuda_kernels import cuda_scan_available
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"  # the sample cases shipped with the project (data/README.md)
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside the tests (label_server, orthanc, ...)
-
-needs_cuda_kernel = pytest.mark.skipif(
-    not cuda_scan_available(), reason="needs a CUDA device and mamba-ssm's compiled selective_scan_cuda"
-)
 
 
 def pytest_configure(config):
@@ -22,6 +15,8 @@ def pytest_configure(config):
     where more OpenMP threads than cores run torch several times slower."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1:
+        import torch  # here, not at the top: the xdist controller loads this file too, and runs no test
+
         threads = max(1, len(os.sched_getaffinity(0)) // workers)
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)

@@ -4,7 +4,7 @@ resolution. Most networks here pad to 32 rather than 64 (``min_size=32``): a qua
 import pytest
 import torch
 
-from conftest import needs_cuda_kernel
+from markers import needs_cuda_kernel
 from custom_nets import SegResMamba
 from custom_nets.blocks import DIRECTIONS, TriOrientedMamba
 from custom_nets.blocks.tom import _from_order, _to_order

@@ -6,7 +6,7 @@ import torch
 
 import custom_nets.ops.scan_chunked as chunked
 import custom_nets.ops.scan_cpu as scan_cpu
-from conftest import needs_cuda_kernel
+from markers import needs_cuda_kernel
 from custom_nets import selective_scan
 from custom_nets.ops import BACKEND_ENV, BACKENDS, selective_scan_ref
 
