@@ -1,6 +1,7 @@
 """The label app and ``segresmamba predict`` under hostile input (issue 11): no request runs code, no file outside
 the datastore is read, no upload outlives its request, no header costs gigabytes, no NaN gives a silent empty mask,
-inference does not freeze the server, and weights are replaced only by weights that fit.
+inference does not freeze the server, weights are replaced only by weights that fit, and without authentication
+nothing is deleted.
 
 One server for the module (plain HTTP and MONAILabelClient on 127.0.0.1) with its own temporary folder (TMPDIR),
 listed before and after each request. The command line runs through its parser in this process (its peak memory
@@ -47,6 +48,11 @@ def small_weights(bundle: Path) -> dict:
 
     torch.manual_seed(0)
     return Bundle(bundle.name, bundle).parser("inference").get_parsed_content("network_def").state_dict()
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def header_only_nifti(path: Path, size: int) -> Path:
@@ -322,6 +328,37 @@ def test_dataset_download_and_logs_need_authentication(server):
     expect(requests.get(f"{server.url}/logs/", timeout=30), 403, "MONAI_LABEL_AUTH_ENABLE")
     expect(requests.get(f"{server.url}/logs/gpu", timeout=30), 403, "MONAI_LABEL_AUTH_ENABLE")
     assert requests.get(f"{server.url}/datastore/image", params={"image": "ct"}, timeout=30).ok  # others still served
+
+
+
+def test_without_authentication_nothing_can_be_deleted(server, tmp_path):
+    """Annotators segment, upload, save labels and train, but nobody deletes trained weights, images or labels
+    (403 naming MONAI_LABEL_AUTH_ENABLE), through this app's routes or MONAI Label's deprecated one; nothing changes on
+    disk. With authentication on, only an admin deletes (tests/test_label_app_auth.py)."""
+    ct = nib.load(CT)
+    label = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(ct.shape, np.uint8), ct.affine), label)
+    saved = requests.put(f"{server.url}/datastore/label", params={"image": "ct", "tag": "final"},
+                         files={"label": ("ct.nii.gz", label.read_bytes())}, timeout=60)  # fmt: skip
+    assert saved.ok, saved.text  # annotators still save labels without authentication
+    weights = server.bundles / MODEL / "models" / "model.pt"
+    studies, trained = files(server.studies), weights.read_bytes()
+    assert any(name.startswith("labels") for name in studies)
+
+    refused = [
+        requests.delete(f"{server.url}/model/{MODEL}", timeout=30),
+        requests.delete(f"{server.url}/model/no_such_model", timeout=30),  # refused before the name is looked at
+        requests.delete(f"{server.url}/datastore/image", params={"id": "ct"}, timeout=30),
+        requests.delete(f"{server.url}/datastore/", params={"id": "ct"}, timeout=30),  # MONAI Label's deprecated route
+        requests.delete(f"{server.url}/datastore/label", params={"id": "ct", "tag": "final"}, timeout=30),
+    ]
+    for response in refused:
+        expect(response, 403, "MONAI_LABEL_AUTH_ENABLE", "is off")
+    assert files(server.studies) == studies and weights.read_bytes() == trained
+    assert not list(weights.parent.glob("*.deleted"))
+    assert "ct" in requests.get(f"{server.url}/datastore/?output=all", timeout=30).json()["objects"]
+    info = requests.get(f"{server.url}/info/", timeout=30).json()
+    assert MODEL in info["models"] and info["models"][MODEL]["trained"] is True
 
 
 def test_exposure_warning():
