@@ -233,7 +233,7 @@ def test_checkout_label_app_serves_the_installed_bundles(installed, tmp_path):
     port = free_port()
     log = tmp_path / "server.log"
     command = [installed["python"], "-m", "monailabel.main", "start_server", "--app", ROOT / "apps" / "segresmamba",
-               "--studies", studies, "--host", "127.0.0.1", "--port", port, "--conf", "models", BUNDLE]  # fmt: skip
+               "--studies", studies, "--host", "127.0.0.1", "--port", port]  # fmt: skip
     env = {**installed["env"], "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
     with open(log, "wb") as out:
         server = subprocess.Popen([str(c) for c in command], cwd=installed["cwd"], env=env, stdout=out,
@@ -248,7 +248,12 @@ def test_checkout_label_app_serves_the_installed_bundles(installed, tmp_path):
                     break
             except requests.ConnectionError:
                 time.sleep(1)
-        assert set(info.json()["models"]) == {BUNDLE}
+        # no --conf models: every installed bundle, each with its labels
+        models = info.json()["models"]
+        assert set(models) == {p.name for p in (ROOT / "bundles").iterdir() if (p / "configs").is_dir()}
+        assert models["btcv_ct_segresmamba"]["labels"]["liver"] == 6
+        assert models["brats21_mri_segresmamba"]["labels"] == {
+            "necrotic tumour core": 1, "peritumoral edema": 2, "enhancing tumour": 4}
         # the installed bundle answers: its weights would be read from the installed folder
         answer = requests.post(f"{url}/infer/{BUNDLE}?image=ct", timeout=300)
         weights = installed["share"] / "bundles" / BUNDLE / "models" / "model.pt"

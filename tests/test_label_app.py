@@ -16,7 +16,7 @@ import pytest
 import requests
 import torch
 
-from label_server import ROOT, LabelServer
+from label_server import ROOT
 
 pytest.importorskip("monailabel")
 from monailabel.client import MONAILabelClient  # noqa: E402
@@ -70,20 +70,6 @@ def test_info_serves_the_bundles_offline(session):
     assert {"random", "first", f"tta_uncertainty_{MODEL}"} <= set(info["strategies"])
     assert {f"dice_{MODEL}", f"tta_uncertainty_{MODEL}"} <= set(info["scoring"])
     assert "Model Zoo" not in session["server"].log_tail(400)
-
-
-def test_every_bundle_by_default(tmp_path):
-    """No --conf models: all bundles in bundles/ (the repository's, here), each with its labels."""
-    (tmp_path / "studies").mkdir()
-    server = LabelServer(tmp_path / "studies", {}, tmp_path / "server.log").start()
-    try:
-        info = requests.get(f"{server.url}/info/", timeout=30).json()
-    finally:
-        server.stop()
-    assert set(info["models"]) == {p.name for p in (ROOT / "bundles").iterdir() if (p / "configs").is_dir()}
-    assert info["models"]["btcv_ct_segresmamba"]["labels"]["liver"] == 6
-    assert info["models"]["brats21_mri_segresmamba"]["labels"] == {
-        "necrotic tumour core": 1, "peritumoral edema": 2, "enhancing tumour": 4}
 
 
 def test_upload_image(session):
