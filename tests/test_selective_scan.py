@@ -186,21 +186,44 @@ def test_closed_form_forward_matches_stepwise_reference(groups):
     assert states.shape[0] == len(plan)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("chunks", [1, 2, 5, 7, 16, 40])
-def test_states_entering_chunks_in_groups_match_one_chunk_after_another(chunks):
+def test_states_entering_chunks_in_groups_match_one_chunk_after_another(chunks, reverse):
     generator = torch.Generator().manual_seed(chunks)
     decay = torch.rand(2, 3, chunks, 4, 5, generator=generator, dtype=torch.float64)
     local_end = torch.randn(2, 3, chunks, 4, 5, generator=generator, dtype=torch.float64)
     h = torch.randn(2, 3, 4, 5, generator=generator, dtype=torch.float64)
-    expected = []
-    for k in range(chunks):
-        expected.append(h)
+    expected = [None] * chunks
+    for k in reversed(range(chunks)) if reverse else range(chunks):
+        expected[k] = h
         h = decay[:, :, k] * h + local_end[:, :, k]
-    views = scan_cpu._BlockViews((2, 3, chunks, 1, 4, 5), torch.float64)  # groups padded to a whole size
-    views.chunk_decay.copy_(decay)
-    views.local_end.copy_(local_end)
-    last = views.chain(expected[0])
-    torch.testing.assert_close(views.entering, torch.stack(expected, dim=2), rtol=1e-12, atol=1e-12)
+    recurrence = scan_cpu._BlockRecurrence((2, 3, chunks, 1, 4, 5), torch.float64)  # groups padded to a whole size
+    recurrence.chunk_decay.copy_(decay)
+    recurrence.local_end.copy_(local_end)
+    last = recurrence.chains[reverse](expected[-1 if reverse else 0])
+    torch.testing.assert_close(recurrence.entering, torch.stack(expected, dim=2), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(last, h, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_block_recurrence_matches_a_loop_over_steps(reverse):
+    """``_BlockRecurrence.run`` over (batch, groups, chunks, chunk, ...) against one step after another."""
+    shape = (1, 2, 7, 3, 4, 5)
+    generator = torch.Generator().manual_seed(1)
+    decay = torch.rand(shape, generator=generator, dtype=torch.float64)
+    inputs = torch.randn(shape, generator=generator, dtype=torch.float64)
+    start = torch.randn(1, 2, 4, 5, generator=generator, dtype=torch.float64)
+    steps_a, steps_x = decay.flatten(2, 3).unbind(2), inputs.flatten(2, 3).unbind(2)
+    expected, h = [None] * len(steps_a), start
+    for t in reversed(range(len(steps_a))) if reverse else range(len(steps_a)):
+        h = expected[t] = steps_a[t] * h + steps_x[t]
+    recurrence = scan_cpu._BlockRecurrence(shape, torch.float64, ("decay", "inputs", "states"))
+    recurrence.buffers["decay"].copy_(decay)
+    recurrence.buffers["inputs"].copy_(inputs)
+    recurrence.chunk_decay.copy_(decay.prod(dim=3))
+    last = recurrence.run(start, inputs="inputs", out="states", reverse=reverse)
+    states = recurrence.buffers["states"].flatten(2, 3)
+    torch.testing.assert_close(states, torch.stack(expected, dim=2), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(last, h, rtol=1e-12, atol=1e-12)
 
 

@@ -69,24 +69,18 @@ def scan_forward(dt, u, A, B, C, chunk: int, record_every: int | None = None, bl
         block = max(record_chunks, block // record_chunks * record_chunks)  # blocks start on recorded chunks
     y = dt.new_empty(batch, groups, per_group, length)
     h = dt.new_zeros(batch, groups, d_state, per_group)
-    recorded, views = [], None
+    recorded, recurrence = [], None
     for start in range(0, chunks, block):
         end = min(start + block, chunks)
-        if views is None or views.chunks != end - start:  # made for the first block and for a shorter last one
-            views = _BlockViews((batch, groups, end - start, chunk, d_state, per_group), dt.dtype)
-        decay, inputs, decays, step_inputs = views.decay, views.inputs, views.decays, views.step_inputs
+        if recurrence is None or recurrence.chunks != end - start:  # made for the first block and for a shorter last one
+            recurrence = _BlockRecurrence((batch, groups, end - start, chunk, d_state, per_group), dt.dtype)
+        decay = recurrence.buffers["decay"]
         torch.mul(dt_t[:, :, start:end].unsqueeze(4), A2.unsqueeze(2), out=decay).exp2_()
-        torch.mul(dtu_t[:, :, start:end].unsqueeze(4), B_t[:, :, start:end].unsqueeze(5), out=inputs)
-        local_end = views.local_end.copy_(step_inputs[0])
-        for step in range(1, chunk):
-            torch.addcmul(step_inputs[step], decays[step], local_end, out=local_end)
-        torch.mul(dt_t[:, :, start:end].sum(3).unsqueeze(3), A2, out=views.chunk_decay).exp2_()
-        h = views.chain(h)
+        torch.mul(dtu_t[:, :, start:end].unsqueeze(4), B_t[:, :, start:end].unsqueeze(5), out=recurrence.buffers["inputs"])
+        torch.mul(dt_t[:, :, start:end].sum(3).unsqueeze(3), A2, out=recurrence.chunk_decay).exp2_()
+        h = recurrence.run(h, inputs="inputs", out="decay")  # h_t, written over the decays it no longer needs
         if record_every is not None:
-            recorded.append(views.entering[:, :, ::record_chunks].clone())
-        state = views.entering
-        for step in range(chunk):  # h_t, written over the decays it no longer needs
-            state = torch.addcmul(step_inputs[step], decays[step], state, out=decays[step])
+            recorded.append(recurrence.entering[:, :, ::record_chunks].clone())
         y_block = dtu_t[:, :, start:end]  # each block's outputs go over its dt * u, read by then
         if full_precision_matmul(decay):
             torch.matmul(C_t[:, :, start:end].unsqueeze(4), decay, out=y_block.unsqueeze(4))
@@ -97,33 +91,51 @@ def scan_forward(dt, u, A, B, C, chunk: int, record_every: int | None = None, bl
     return y.view(batch, d_inner, length), records, h.transpose(2, 3)
 
 
-class _BlockViews:
-    """The buffers of one block, as views of the per-thread workspace made once for every block of the same size:
-    in the loops over steps and chunks, making a view costs about a third of the small operation on it.
+class _BlockRecurrence:
+    """The linear recurrence ``s_t = a_t * s_{t-1} + x_t`` over every chunk of one block, and its buffers: views of
+    the per-thread workspace, made once for every block of the same size (in the loops over steps and chunks,
+    making a view costs about a third of the small operation on it).
 
-    ``shape``: ``(batch, groups, chunks, chunk, d_state, d_inner // groups)``. ``decay`` and ``inputs`` have that
-    shape (``decays`` and ``step_inputs`` are their steps); ``local_end``, ``chunk_decay`` and ``entering`` are
-    per chunk, without ``chunk``; ``chain(h)`` fills ``entering`` from ``chunk_decay`` and ``local_end``.
+    ``shape``: ``(batch, groups, chunks, chunk, d_state, d_inner // groups)``. ``buffers``: block-sized buffers by
+    name (``names``; ``decay``, the ``a_t``, always first); ``chunk_decay`` (each chunk's product of decays, filled
+    by the caller), ``local_end`` and ``entering`` are per chunk, without ``chunk``.
     """
 
-    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype):
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, names: tuple[str, ...] = ("decay", "inputs")):
         batch, groups, chunks, chunk, d_state, per_group = shape
         size = max(1, math.isqrt(chunks))
         padded = -(-chunks // size) * size
         per_chunk_shape = (batch, groups, padded, d_state, per_group)
-        buffers = _workspace([shape, shape] + [per_chunk_shape] * 3, dtype)
+        buffers = _workspace([shape] * len(names) + [per_chunk_shape] * 3, dtype)
         self.chunks = chunks
-        self.decay, self.inputs = buffers[:2]
-        self.decays, self.step_inputs = self.decay.unbind(3), self.inputs.unbind(3)
-        chunk_decay, local_end, entering = buffers[2:]
+        self.buffers = dict(zip(names, buffers))
+        self.steps = {name: buffer.unbind(3) for name, buffer in self.buffers.items()}
+        chunk_decay, local_end, entering = buffers[len(names) :]
         chunk_decay[:, :, chunks:] = 1  # padding: chunks that decay by nothing and add nothing
         local_end[:, :, chunks:] = 0
-        self.chunk_decay, self.local_end, self.entering = (t[:, :, :chunks] for t in buffers[2:])
-        self.chain = _ChunkChain(chunk_decay, local_end, entering, size)
+        self.chunk_decay, self.local_end, self.entering = (t[:, :, :chunks] for t in (chunk_decay, local_end, entering))
+        self.chains = {reverse: _ChunkChain(chunk_decay, local_end, entering, size, reverse) for reverse in (False, True)}
+
+    def run(self, start: torch.Tensor, inputs: str, out: str, reverse: bool = False) -> torch.Tensor:
+        """``s_t`` from ``s_{-1} = start`` (``reverse``: ``s_t = a_t * s_{t+1} + x_t`` from ``s_T = start``), ``x_t``
+        in buffer ``inputs``, into buffer ``out`` (which may be ``inputs`` or ``decay``): each chunk's end state
+        from a zero start, all chunks at once; the state entering each chunk (``entering``); then every step of
+        every chunk from it. Returns the state at the far end."""
+        order = (lambda steps: steps[::-1]) if reverse else (lambda steps: steps)
+        decays, step_inputs, step_out = (order(self.steps[name]) for name in ("decay", inputs, out))
+        local_end = self.local_end.copy_(step_inputs[0])
+        for decay_j, inputs_j in zip(decays[1:], step_inputs[1:]):
+            torch.addcmul(inputs_j, decay_j, local_end, out=local_end)
+        last = self.chains[reverse](start)
+        state = self.entering
+        for decay_j, inputs_j, out_j in zip(decays, step_inputs, step_out):
+            state = torch.addcmul(inputs_j, decay_j, state, out=out_j)
+        return last
 
 
 class _ChunkChain:
-    """The states entering each chunk, for ``s_k = decay_k * s_{k-1} + local_end_k`` along dim 2.
+    """The states entering each chunk, for ``s_k = decay_k * s_{k-1} + local_end_k`` along dim 2 (``reverse``:
+    ``s_k = decay_k * s_{k+1} + local_end_k``, the chunks taken from the last).
 
     The chunks are taken in groups of ``size``, about ``sqrt(K)``: each group's decay and end state from a zero start,
     for all groups at once, then the groups one after another, then the chunks inside all groups at once. That is
@@ -132,17 +144,19 @@ class _ChunkChain:
     own differentiable twin (``scan_chunked._chain_chunks``).
 
     ``decay``, ``local_end``, ``entering``: ``(batch, groups, K, ...)`` buffers, ``K`` a multiple of ``size``; calling
-    the chain with ``s_{-1}`` (the same shape without ``K``) writes the entering states into ``entering`` and
-    returns the state after the last chunk.
+    the chain with the state before the first chunk taken (the same shape without ``K``) writes the entering states
+    into ``entering`` and returns the state after the last chunk taken.
     """
 
-    def __init__(self, decay: torch.Tensor, local_end: torch.Tensor, entering: torch.Tensor, size: int):
+    def __init__(self, decay: torch.Tensor, local_end: torch.Tensor, entering: torch.Tensor, size: int,
+                 reverse: bool = False):
+        order = (lambda views: views[::-1]) if reverse else (lambda views: views)
         grouped = (*decay.shape[:2], -1, size, *decay.shape[3:])
-        self.decays, self.ends = decay.view(grouped).unbind(3), local_end.view(grouped).unbind(3)
-        self.enterings = entering.view(grouped).unbind(3)
+        self.decays, self.ends = order(decay.view(grouped).unbind(3)), order(local_end.view(grouped).unbind(3))
+        self.enterings = order(entering.view(grouped).unbind(3))
         self.group_decay, self.group_end = torch.empty_like(self.decays[0]), torch.empty_like(self.ends[0])
-        group_decays, group_ends = self.group_decay.unbind(2), self.group_end.unbind(2)
-        self.group_entering = self.enterings[0].unbind(2)  # the state entering each group
+        group_decays, group_ends = order(self.group_decay.unbind(2)), order(self.group_end.unbind(2))
+        self.group_entering = order(self.enterings[0].unbind(2))  # the state entering each group
         self.group_steps = list(zip(group_ends, group_decays, self.group_entering, self.group_entering[1:]))
         self.last_group = group_ends[-1], group_decays[-1], self.group_entering[-1]
 
@@ -213,6 +227,7 @@ def scan_backward(dt, u, A, B, C, grad_y, grad_last, records, segment: int, chun
     per_group = d_inner // groups
     padded = -(-length // chunk) * chunk
     A_ = A.reshape(1, groups, 1, per_group, d_state).transpose(3, 4).contiguous()  # (1, g, 1, N, dg)
+    A2 = A_ * LOG2E  # exp(dt A) = exp2(dt A2), as in scan_forward
 
     per_step = batch * d_inner * d_state
     block = max(1, block_elements // (per_step * segment)) * segment
@@ -222,6 +237,7 @@ def scan_backward(dt, u, A, B, C, grad_y, grad_last, records, segment: int, chun
     dB, dC = B.new_empty(B.shape), C.new_empty(C.shape)
     grouped = [t.reshape(batch, groups, per_group, length) for t in (dt, u, grad_y)]
     dA = A_.new_zeros(A_.shape)
+    recurrence = None
     carry = dt.new_zeros(batch, groups, d_state, per_group) if grad_last is None else (
         grad_last.reshape(batch, groups, per_group, d_state).transpose(2, 3).contiguous()
     )
@@ -237,19 +253,24 @@ def scan_backward(dt, u, A, B, C, grad_y, grad_last, records, segment: int, chun
         B_t, C_t = (to_time_major(t[..., w], padded=steps) for t in (B, C))  # (b, g, steps, N)
         dtu_t = dt_t * u_t
         chunks = steps // chunk
-        shape = (batch, groups, chunks, chunk, d_state, per_group)
-        decay, inputs, states, adjoint = _workspace([shape] * 4, dt.dtype)
+        if recurrence is None or recurrence.chunks != chunks:  # made for the last block and for the full ones before it
+            recurrence = _BlockRecurrence((batch, groups, chunks, chunk, d_state, per_group), dt.dtype,
+                                        ("decay", "inputs", "states", "adjoint"))
+        decay, inputs, states, adjoint = recurrence.buffers.values()
         flat = (batch, groups, steps, d_state, per_group)
-        torch.mul(dt_t.unsqueeze(3), A_, out=decay.view(flat)).exp_()
+        by_chunk = (batch, groups, chunks, chunk, per_group)
+        torch.mul(dt_t.unsqueeze(3), A2, out=decay.view(flat)).exp2_()
+        torch.mul(dt_t.view(by_chunk).sum(3).unsqueeze(3), A2, out=recurrence.chunk_decay).exp2_()
         torch.mul(dtu_t.unsqueeze(3), B_t.unsqueeze(4), out=inputs.view(flat))
         entering = records[start // segment].transpose(2, 3)  # (b, g, N, dg)
-        _linear_recurrence(decay, inputs, entering, states, reverse=False)
+        recurrence.run(entering, inputs="inputs", out="states")
         h = states.view(flat)
         y_t = torch.sum(h * C_t.unsqueeze(4), dim=3)
         dC_t = torch.sum(h * grad_t.unsqueeze(3), dim=4)
-        torch.mul(dt_next.unsqueeze(3), A_, out=decay.view(flat)).exp_()
+        torch.mul(dt_next.unsqueeze(3), A2, out=decay.view(flat)).exp2_()
+        torch.mul(dt_next.reshape(by_chunk).sum(3).unsqueeze(3), A2, out=recurrence.chunk_decay).exp2_()
         torch.mul(C_t.unsqueeze(4), grad_t.unsqueeze(3), out=adjoint.view(flat))
-        carry = _linear_recurrence(decay, adjoint, carry, adjoint, reverse=True)
+        carry = recurrence.run(carry, inputs="adjoint", out="adjoint", reverse=True)
         g = adjoint.view(flat)
         dB_t = torch.sum(g * dtu_t.unsqueeze(3), dim=4)
         ddtu_t = torch.sum(g * B_t.unsqueeze(4), dim=3)  # d(dt u)
@@ -263,24 +284,3 @@ def scan_backward(dt, u, A, B, C, grad_y, grad_last, records, segment: int, chun
     y, ddt, du = (t.view(batch, d_inner, length) for t in (y, ddt, du))
     return y, ddt, du, dA, dB, dC
 
-
-def _linear_recurrence(decay, inputs, start, out, reverse: bool):
-    """``s_t = decay_t * s_{t-1} + inputs_t`` from ``s_{-1} = start`` (``reverse``: ``s_t = decay_t * s_{t+1} +
-    inputs_t`` from ``s_T = start``) over ``(batch, groups, chunks, chunk, ...)`` tensors: each chunk's end state
-    from a zero start, all chunks at once; then the chunks one after another; then every step of every chunk. Writes
-    the states into ``out`` (which may be ``inputs``) and returns the state at the far end."""
-    order = (lambda steps: steps[::-1]) if reverse else (lambda steps: steps)
-    decays, step_inputs, step_out = (order(t.unbind(3)) for t in (decay, inputs, out))
-    local_end = step_inputs[0].clone()
-    for decay_j, inputs_j in zip(decays[1:], step_inputs[1:]):
-        torch.addcmul(inputs_j, decay_j, local_end, out=local_end)
-    chunk_decay = decay.prod(dim=3)
-    entering = torch.empty_like(local_end)
-    state = start
-    for k in order(range(decay.shape[2])):
-        entering[:, :, k] = state
-        state = torch.addcmul(local_end[:, :, k], chunk_decay[:, :, k], state)
-    running = entering
-    for decay_j, inputs_j, out_j in zip(decays, step_inputs, step_out):
-        running = torch.addcmul(inputs_j, decay_j, running, out=out_j)
-    return state
