@@ -87,9 +87,13 @@ def test_click_guided_bundle_is_its_plain_bundle_with_guidance(name):
         added = set(ours) - set(plain)
         assert added <= {"label_names", "guidance_sigma", "deepgrow_probability_train", "deepgrow_probability_val",
                          "prompt_any_structure"}
-        same = {key for key in plain if key not in ("imports", "network_def", "train", "validate", "preprocessing")}
+        same = {key for key in plain if key not in ("imports", "network_def", "train", "validate", "preprocessing",
+                                                    "loss")}
         assert {key: ours[key] for key in same} == {key: plain[key] for key in same}, file
         assert {**ours["network_def"], "in_channels": 1} == plain["network_def"]
+        if "loss" in plain:  # the plain bundle's, or with the same arguments MONAI Label's DeepEdit loss (multi-organ)
+            assert {**ours["loss"], "_target_": plain["loss"]["_target_"]} == plain["loss"]
+            assert ours["loss"]["_target_"] == ("DiceCELoss" if name.startswith("btcv") else plain["loss"]["_target_"])
     train = config(name, "train.json")
     assert train["train"]["trainer"]["iteration_update"] == "@train#interaction"
     assert train["train"]["interaction"]["_target_"] == "monai.apps.deepedit.interaction.Interaction"
