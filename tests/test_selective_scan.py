@@ -200,7 +200,7 @@ def test_states_entering_chunks_in_groups_match_one_chunk_after_another(chunks, 
     recurrence = scan_cpu._BlockRecurrence((2, 3, chunks, 1, 4, 5), torch.float64)  # groups padded to a whole size
     recurrence.chunk_decay.copy_(decay)
     recurrence.local_end.copy_(local_end)
-    last = recurrence.chains[reverse](expected[-1 if reverse else 0])
+    last = recurrence.chain(reverse)(expected[-1 if reverse else 0])
     torch.testing.assert_close(recurrence.entering, torch.stack(expected, dim=2), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(last, h, rtol=1e-12, atol=1e-12)
 

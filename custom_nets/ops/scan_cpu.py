@@ -74,10 +74,8 @@ def scan_forward(dt, u, A, B, C, chunk: int, record_every: int | None = None, bl
         end = min(start + block, chunks)
         if recurrence is None or recurrence.chunks != end - start:  # made for the first block and for a shorter last one
             recurrence = _BlockRecurrence((batch, groups, end - start, chunk, d_state, per_group), dt.dtype)
-        decay = recurrence.buffers["decay"]
-        torch.mul(dt_t[:, :, start:end].unsqueeze(4), A2.unsqueeze(2), out=decay).exp2_()
+        decay = recurrence.fill_decays(dt_t[:, :, start:end], A2)
         torch.mul(dtu_t[:, :, start:end].unsqueeze(4), B_t[:, :, start:end].unsqueeze(5), out=recurrence.buffers["inputs"])
-        torch.mul(dt_t[:, :, start:end].sum(3).unsqueeze(3), A2, out=recurrence.chunk_decay).exp2_()
         h = recurrence.run(h, inputs="inputs", out="decay")  # h_t, written over the decays it no longer needs
         if record_every is not None:
             recorded.append(recurrence.entering[:, :, ::record_chunks].clone())
@@ -97,8 +95,9 @@ class _BlockRecurrence:
     making a view costs about a third of the small operation on it).
 
     ``shape``: ``(batch, groups, chunks, chunk, d_state, d_inner // groups)``. ``buffers``: block-sized buffers by
-    name (``names``; ``decay``, the ``a_t``, always first); ``chunk_decay`` (each chunk's product of decays, filled
-    by the caller), ``local_end`` and ``entering`` are per chunk, without ``chunk``.
+    name (``names``; ``decay``, the ``a_t``, always first, filled with ``chunk_decay``, each chunk's product of
+    decays, by ``fill_decays``); ``local_end`` and ``entering`` are per chunk, without ``chunk``. The chunk chain of
+    each direction is made on first use.
     """
 
     def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, names: tuple[str, ...] = ("decay", "inputs")):
@@ -114,7 +113,21 @@ class _BlockRecurrence:
         chunk_decay[:, :, chunks:] = 1  # padding: chunks that decay by nothing and add nothing
         local_end[:, :, chunks:] = 0
         self.chunk_decay, self.local_end, self.entering = (t[:, :, :chunks] for t in (chunk_decay, local_end, entering))
-        self.chains = {reverse: _ChunkChain(chunk_decay, local_end, entering, size, reverse) for reverse in (False, True)}
+        self._padded, self._size, self._chains = (chunk_decay, local_end, entering), size, {}
+
+    def chain(self, reverse: bool = False) -> "_ChunkChain":
+        if reverse not in self._chains:
+            self._chains[reverse] = _ChunkChain(*self._padded, self._size, reverse)
+        return self._chains[reverse]
+
+    def fill_decays(self, dt: torch.Tensor, A2: torch.Tensor) -> torch.Tensor:
+        """``decay`` = ``exp2(dt A2)`` step by step and ``chunk_decay`` = their product per chunk, as ``exp2`` of
+        each chunk's summed time steps; ``dt``: ``(batch, groups, chunks, chunk, d_inner // groups)``, ``A2``:
+        ``(1, groups, 1, d_state, d_inner // groups)``. Returns ``decay``."""
+        decay = self.buffers["decay"]
+        torch.mul(dt.unsqueeze(4), A2.unsqueeze(2), out=decay).exp2_()
+        torch.mul(dt.sum(3).unsqueeze(3), A2, out=self.chunk_decay).exp2_()
+        return decay
 
     def run(self, start: torch.Tensor, inputs: str, out: str, reverse: bool = False) -> torch.Tensor:
         """``s_t`` from ``s_{-1} = start`` (``reverse``: ``s_t = a_t * s_{t+1} + x_t`` from ``s_T = start``), ``x_t``
@@ -126,7 +139,7 @@ class _BlockRecurrence:
         local_end = self.local_end.copy_(step_inputs[0])
         for decay_j, inputs_j in zip(decays[1:], step_inputs[1:]):
             torch.addcmul(inputs_j, decay_j, local_end, out=local_end)
-        last = self.chains[reverse](start)
+        last = self.chain(reverse)(start)
         state = self.entering
         for decay_j, inputs_j, out_j in zip(decays, step_inputs, step_out):
             state = torch.addcmul(inputs_j, decay_j, state, out=out_j)
@@ -256,19 +269,17 @@ def scan_backward(dt, u, A, B, C, grad_y, grad_last, records, segment: int, chun
         if recurrence is None or recurrence.chunks != chunks:  # made for the last block and for the full ones before it
             recurrence = _BlockRecurrence((batch, groups, chunks, chunk, d_state, per_group), dt.dtype,
                                         ("decay", "inputs", "states", "adjoint"))
-        decay, inputs, states, adjoint = recurrence.buffers.values()
+        inputs, states, adjoint = (recurrence.buffers[name] for name in ("inputs", "states", "adjoint"))
         flat = (batch, groups, steps, d_state, per_group)
         by_chunk = (batch, groups, chunks, chunk, per_group)
-        torch.mul(dt_t.unsqueeze(3), A2, out=decay.view(flat)).exp2_()
-        torch.mul(dt_t.view(by_chunk).sum(3).unsqueeze(3), A2, out=recurrence.chunk_decay).exp2_()
+        recurrence.fill_decays(dt_t.view(by_chunk), A2)
         torch.mul(dtu_t.unsqueeze(3), B_t.unsqueeze(4), out=inputs.view(flat))
         entering = records[start // segment].transpose(2, 3)  # (b, g, N, dg)
         recurrence.run(entering, inputs="inputs", out="states")
         h = states.view(flat)
         y_t = torch.sum(h * C_t.unsqueeze(4), dim=3)
         dC_t = torch.sum(h * grad_t.unsqueeze(3), dim=4)
-        torch.mul(dt_next.unsqueeze(3), A2, out=decay.view(flat)).exp2_()
-        torch.mul(dt_next.reshape(by_chunk).sum(3).unsqueeze(3), A2, out=recurrence.chunk_decay).exp2_()
+        recurrence.fill_decays(dt_next.view(by_chunk), A2)
         torch.mul(C_t.unsqueeze(4), grad_t.unsqueeze(3), out=adjoint.view(flat))
         carry = recurrence.run(carry, inputs="adjoint", out="adjoint", reverse=True)
         g = adjoint.view(flat)
