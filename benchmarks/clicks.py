@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import environment, write_atomic
+from custom_nets.bundle.options import Flag, Nullable, Number
 from custom_nets.io.atomic import atomic_output
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,6 +161,12 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int = 80, n
 
     from custom_nets.bundle import InferencePipeline, find_bundle
 
+    # they become overrides of the bundle's train.json, which evaluates strings: parsed into their types first
+    epochs = Number(int, 0, low_open=True).parse("--epochs", epochs)
+    num_samples = Nullable(Number(int, 0, low_open=True)).parse("--num_samples", num_samples)
+    prompt_any_structure = Number(float, 0, 1).parse("--prompt_any_structure", prompt_any_structure)
+    deepgrow_probability = Nullable(Number(float, 0, 1)).parse("--deepgrow_probability", deepgrow_probability)
+    resume = Flag().parse("--resume", resume)
     chosen = find_bundle(bundle)
     out_dir = Path(out) if out else OUT
     work = Path(work) if work else WORK / chosen.name

@@ -201,6 +201,23 @@ def test_click_benchmark_keeps_other_structures_above_the_bundles_labels():
     assert len(others) > 20 and (100 + 1) not in others  # the spleen (TotalSegmentator's 1) is the bundle's, not other
 
 
+
+@pytest.mark.parametrize("option, value, words", [
+    ("epochs", "$__import__('os').getpid()", "--epochs: expected a positive int"),
+    ("num_samples", "@network_def", "--num_samples: expected a positive int"),
+    ("prompt_any_structure", 1.5, "--prompt_any_structure: expected a number in [0, 1]"),
+    ("deepgrow_probability", "%train.json#lr", "--deepgrow_probability: expected a number in [0, 1]"),
+    ("resume", "true", "--resume: expected true or false"),
+])
+def test_click_benchmark_parses_its_options_before_they_reach_the_bundle(option, value, words, tmp_path):
+    from benchmarks.clicks import run
+    from custom_nets.bundle.options import ValueRejected
+
+    with pytest.raises(ValueRejected) as refused:
+        run(**{option: value}, work=str(tmp_path / "work"), out=str(tmp_path / "out"))
+    assert words in str(refused.value)
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
 def test_next_click_is_the_centre_of_the_largest_error_region():
     truth = np.zeros((20, 20, 20), dtype=bool)
     truth[2:13, 2:13, 2:13] = True  # 11^3 missed entirely: centre (7, 7, 7)
