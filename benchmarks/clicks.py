@@ -169,7 +169,7 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int = 80, n
     resume = Flag().parse("--resume", resume)
     chosen = find_bundle(bundle)
     out_dir = Path(out) if out else OUT
-    work = Path(work) if work else WORK / chosen.name
+    work = Path(work).resolve() if work else WORK / chosen.name  # the datalist lists paths inside it
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     trained = Path(weights) if weights else train(chosen, work, epochs, num_samples, resume, prompt_any_structure,
