@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from custom_nets.ops.compiled_kernel import compiled_kernels
 from custom_nets.ops.cuda_kernels import cuda_scan_available
 
 from .cases import KINDS, run_case
@@ -48,12 +49,19 @@ QUICK_WINDOW_NETWORKS = ("segresmamba", "segresnet", "segresmamba_bf16", "swinun
 QUICK_PATCHES = (64, 96)
 
 
+def cpu_inference_backend() -> str:
+    """The scan backend of CPU inference cases: the compiled kernels where they build (what ``"auto"`` takes without
+    gradients), else torch."""
+    return "compiled" if compiled_kernels()[0] is not None else "torch"
+
+
 def quick_plan(patches=QUICK_PATCHES, networks=None, repeats: int = 1, sections=("window", "train")) -> list[dict]:
     """The cases of ``run --quick``, those of the issue's targets first: the 96^3 windows of SegResMamba and
     SegResNet, training steps by patch, then the other windows. ``networks`` replaces both lists."""
     windows, train = [], []
     if "window" in sections:
-        windows = [{"kind": "window", "network": network, "task": "spleen", "patch": 96, "scan_backend": "torch",
+        windows = [{"kind": "window", "network": network, "task": "spleen", "patch": 96,
+                    "scan_backend": cpu_inference_backend(),
                     "repeats": repeats} for network in networks or QUICK_WINDOW_NETWORKS]
     if "train" in sections:
         train = [{"kind": "train", "network": network, "task": "spleen", "patch": patch, "scan_backend": "torch",
@@ -86,6 +94,7 @@ def plan(
     repeats = repeats or (5 if cuda else 3)
     backends = ("cuda", "torch") if cuda else ("torch",)
     preferred = "cuda" if cuda and cuda_scan_available() else "torch"
+    inference = preferred if cuda else cpu_inference_backend()
 
     def train(network: str, task: str, patch: int, backend: str) -> dict:
         # On CUDA the torch scan takes seconds a step where the kernel takes a tenth: fewer steps keep the run short.
@@ -116,12 +125,12 @@ def plan(
             cases += [train("segresmamba", task, patch, preferred) for task, patch in ablation_groups]
     if "infer" in sections and (not cuda or ct):
         cases += [
-            {"kind": "infer", "network": network, "scan_backend": preferred, "repeats": 1,
+            {"kind": "infer", "network": network, "scan_backend": inference, "repeats": 1,
              **({"crop": crop} if crop else {}), **({"ct": str(ct)} if ct else {})}
             for network in COMPARED
         ]
     if "window" in sections:
-        cases += [{"kind": "window", "network": network, "task": "spleen", "patch": 96, "scan_backend": preferred,
+        cases += [{"kind": "window", "network": network, "task": "spleen", "patch": 96, "scan_backend": inference,
                    "repeats": repeats} for network in COMPARED]
     if "train" in sections and cuda:
         for task, patch in (("spleen", 96), ("brats", 128)):

@@ -199,6 +199,17 @@ def test_installed_package_finds_its_bundles_and_data(installed):
 
 
 @pytest.mark.slow
+def test_installed_package_builds_its_cpu_kernels(installed):
+    """The C source travels in the wheel, and is compiled from there on first use."""
+    found = run_in(installed, installed["python"], "-c", "from custom_nets.ops.compiled_kernel import SOURCE, "
+                   "compiled_kernels; print(SOURCE); print(compiled_kernels()[1] or 'built')")  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    source, outcome = found.stdout.splitlines()
+    assert Path(source).is_relative_to(installed["venv"]) and Path(source).is_file()
+    assert outcome == "built"
+
+
+@pytest.mark.slow
 def test_installed_predict_finds_the_bundle_and_says_its_weights_are_missing(installed):
     result = run_in(installed, installed["venv"] / "bin" / "segresmamba", "predict", "--bundle", BUNDLE,
                     "--input", SMALL_CT, "--output", "masks")  # fmt: skip

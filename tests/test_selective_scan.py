@@ -265,7 +265,7 @@ def test_static_scan_matches_stepwise_reference():
 
 def test_backend_selection(monkeypatch):
     inputs = make_inputs(dtype=torch.float32)
-    assert set(BACKENDS) == {"torch", "cuda", "static", "reference"}
+    assert set(BACKENDS) == {"torch", "cuda", "compiled", "static", "reference"}
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
         selective_scan(**inputs, backend="cuda")
     with pytest.raises(ValueError, match="scan backend must be one of"):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import BACKENDS, causal_conv1d, resolve_backend, selective_scan
+from ..ops.scan_compiled import ScanOrder, compiled_causal_conv1d, compiled_scan
 
 __all__ = ["DirectionalScan", "TriOrientedMamba", "DIRECTIONS"]
 
@@ -78,6 +79,31 @@ class DirectionalScan(nn.Module):
                 C.transpose(1, 2).to(dtype), self.D.float(), z.to(dtype), delta_bias=self.dt_proj.bias.float(),
                 delta_softplus=True, backend=backend,
             )
+
+
+    def forward_in_order(self, x: torch.Tensor, z: torch.Tensor, order: ScanOrder, out: torch.Tensor,
+                         accumulate: bool, workspace: torch.Tensor) -> None:
+        """``forward`` by the compiled kernels (backend ``"compiled"``, no gradients), the steps taken in ``order``
+        from sequences kept in raster order: ``x``, ``z`` ``(batch, d_inner, L)``; the result written into (or, with
+        ``accumulate``, added to) ``out``, ``(batch, d_inner, L)`` float32; ``workspace``, a float32 tensor like
+        ``out``, takes the conv1d's output."""
+        u = compiled_causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, order, workspace)
+        dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
+        compiled_scan(u, dt, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2), self.D, z,
+                      self.dt_proj.bias, True, order, out, accumulate=accumulate)
+
+
+def _scan_order(direction: str, spatial: tuple[int, int, int]) -> ScanOrder:
+    """``direction``'s order of the tokens of a raster-ordered sequence, for the compiled kernels: the same steps as
+    ``_to_order`` makes, without moving them."""
+    depth, height, width = spatial
+    length = depth * height * width
+    if direction == "forward":
+        return ScanOrder(1, length, 0, 1, 0)
+    if direction == "reverse":
+        return ScanOrder(1, length, 0, -1, length - 1)
+    return ScanOrder(height * width, depth, 1, height * width, 0)  # for every in-plane position, every slice
 
 
 def _to_order(t: torch.Tensor, direction: str, spatial: tuple[int, int, int]) -> torch.Tensor:
@@ -153,9 +179,24 @@ class TriOrientedMamba(nn.Module):
             for direction in range(len(DIRECTIONS)):
                 part = checkpoint(self._mix, x, backend, (direction,), use_reentrant=False)
                 out = part if out is None else out + part
+        elif backend == "compiled":
+            out = self._mix_in_order(x)
         else:
             out = self._mix(x, backend)
         return x + out if self.residual else out
+
+    def _mix_in_order(self, x: torch.Tensor) -> torch.Tensor:
+        """``_mix`` by the compiled kernels: one raster-ordered copy of the sequences, each direction taking its own
+        order of them and adding its output into one buffer (no reordered copies, no sums of copies)."""
+        spatial = tuple(x.shape[2:])
+        tokens = self.norm(x.flatten(2).transpose(1, 2))  # (batch, L, C)
+        xs, zs = self.in_proj(tokens).transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, L) views
+        batch, d_inner, length = xs.shape
+        mixed = torch.empty(batch, length, d_inner).transpose(1, 2)  # what out_proj reads
+        workspace = torch.empty_like(mixed)  # one for the three directions: fresh memory costs page faults
+        for index, (name, scan) in enumerate(zip(DIRECTIONS, self.scans)):
+            scan.forward_in_order(xs, zs, _scan_order(name, spatial), mixed, index > 0, workspace)
+        return self.out_proj(mixed.transpose(1, 2).to(x.dtype)).transpose(1, 2).reshape(x.shape)
 
     def _mix(self, x: torch.Tensor, backend: str, directions: tuple[int, ...] | None = None) -> torch.Tensor:
         """The layer without its residual, ``out_proj(sum_dir scan_dir(in_proj(LayerNorm(x))))``, the sum over

@@ -12,10 +12,13 @@ Backends (``BACKENDS``, each a function with ``selective_scan``'s arguments and 
     pass is ``scan_cpu``). Keeps one state per segment for backward. Tuning: ``max_chunk``, ``segment_elements``,
     ``block_elements``.
     ``"cuda"``: mamba-ssm's fused kernel (``scan_cuda``), for CUDA tensors when it is installed.
+    ``"compiled"``: the forward pass in C (``scan_compiled``), compiled on this machine on first use (``compiled_kernel``),
+    for CPU tensors without gradients: inference.
     ``"static"``: control flow that depends on shapes only, for tracing exporters such as ONNX (``scan_static``).
     Tuning: ``chunk``, ``chunk_elements``.
     ``"reference"``: the recurrence one step at a time (``scan_ref``), what the others are tested against.
-    ``"auto"`` is ``"cuda"`` where it can run, else ``"torch"``; the environment variable
+    ``"auto"`` is ``"cuda"`` where it can run; on CPU, ``"compiled"`` where no gradient is being recorded and the
+    kernel builds, else ``"torch"``; the environment variable
     ``SEGRESMAMBA_SCAN_BACKEND`` (a backend name) replaces ``"auto"`` wherever it is asked for.
 """
 
@@ -25,8 +28,10 @@ import os
 
 import torch
 
+from .compiled_kernel import compiled_kernels
 from .cuda_kernels import selective_scan_kernel
 from .scan_chunked import chunked_selective_scan
+from .scan_compiled import compiled_selective_scan
 from .scan_cuda import cuda_selective_scan
 from .scan_ref import selective_scan_ref
 from .scan_static import static_selective_scan
@@ -37,6 +42,7 @@ BACKEND_ENV = "SEGRESMAMBA_SCAN_BACKEND"
 BACKENDS = {
     "torch": chunked_selective_scan,
     "cuda": cuda_selective_scan,
+    "compiled": compiled_selective_scan,
     "static": static_selective_scan,
     "reference": selective_scan_ref,
 }
@@ -46,8 +52,9 @@ def resolve_backend(backend: str, u: torch.Tensor) -> str:
     """The backend that runs for ``backend`` (a name of ``BACKENDS`` or ``"auto"``) on tensors like ``u``.
 
     The one place that decides: ``"auto"`` becomes the environment variable's backend if it is set, else ``"cuda"``
-    for CUDA tensors where mamba-ssm's kernel imports, else ``"torch"``; a backend that cannot run here is an error,
-    never a silent fallback.
+    for CUDA tensors where mamba-ssm's kernel imports, ``"compiled"`` for CPU tensors of at most float32 precision
+    when no gradient is being recorded (``torch.is_grad_enabled()`` is false) and the kernel builds, else
+    ``"torch"``; a backend that cannot run here is an error, never a silent fallback.
 
     Raises:
         ValueError: ``backend`` (or the environment variable) names no backend.
@@ -62,7 +69,10 @@ def resolve_backend(backend: str, u: torch.Tensor) -> str:
             raise ValueError(f"{BACKEND_ENV} must be one of {names}, got {forced!r}")
         backend = forced
     if backend == "auto":
-        return "cuda" if u.is_cuda and selective_scan_kernel()[0] is not None else "torch"
+        if u.is_cuda:
+            return "cuda" if selective_scan_kernel()[0] is not None else "torch"
+        inference = u.device.type == "cpu" and not torch.is_grad_enabled() and u.dtype != torch.float64
+        return "compiled" if inference and compiled_kernels()[0] is not None else "torch"
     if backend == "cuda":
         if not u.is_cuda:
             raise RuntimeError(f"scan backend 'cuda' needs CUDA tensors, got tensors on {u.device}")
@@ -72,6 +82,12 @@ def resolve_backend(backend: str, u: torch.Tensor) -> str:
                 "scan backend 'cuda' needs mamba-ssm's compiled kernel (pip install '.[cuda]'), "
                 f"which did not import: {reason}"
             )
+    if backend == "compiled":
+        if u.device.type != "cpu":
+            raise RuntimeError(f"scan backend 'compiled' needs CPU tensors, got tensors on {u.device}")
+        kernel, reason = compiled_kernels()
+        if kernel is None:
+            raise RuntimeError(f"scan backend 'compiled' could not be built here: {reason}")
     return backend
 
 

@@ -1,0 +1,192 @@
+/* The forward passes of a Mamba direction on CPU, compiled on the machine that runs them, on first use
+ * (compiled_kernel.py): the causal depthwise conv1d with its SiLU, and the selective scan
+ *
+ *     dt  = softplus(delta + delta_bias)          (bias and softplus optional)
+ *     h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t
+ *     y_t = (<C_t, h_t> + D u_t) * silu(z_t)      (D and z optional)
+ *
+ * No gradients: they write their outputs and keep nothing. Both step through time for WIDTH channels at once, one
+ * vector lane per channel, the scan's states in registers: no horizontal sums, and each step reads B_t and C_t once
+ * for all of them.
+ *
+ * Sequences are (batch, L, channels) with any batch and time strides and a channel stride of 1, so that the
+ * channels of a step are one vector load; B and C are (batch, groups, L, N) with any strides, A is (d_inner, N),
+ * all float32. Step t of the sequence is the token at position
+ * offset + (t / inner) * outer_stride + (t % inner) * inner_stride of the tensors (ScanOrder), so that one layout in
+ * memory serves every direction of a ToM layer without reordering copies: raster order, its reverse, and depth
+ * fastest. One call covers the channels [first, last) of every batch element; the caller splits the channels
+ * between threads (calls on disjoint channels are independent). Each returns 0, or 1 for arguments it cannot take.
+ */
+#include <math.h>
+#include <stdint.h>
+
+#define WIDTH 16 /* channels side by side: one AVX-512 vector of float32 */
+#define MAX_STATE 64
+#define MAX_KERNEL 16
+#define LOG2E 1.4426950408889634f
+
+typedef struct {
+    int64_t batch, time; /* the channel stride is 1 */
+} SequenceStrides;
+
+typedef struct {
+    int64_t batch, group, time, state;
+} StateStrides;
+
+typedef struct {
+    SequenceStrides u, delta, z, y;
+    StateStrides B, C;
+} ScanStrides;
+
+typedef struct {
+    int64_t outer, inner, outer_stride, inner_stride, offset; /* L = outer * inner steps */
+} ScanOrder;
+
+static inline int64_t position(const ScanOrder *order, int64_t outer, int64_t inner) {
+    return order->offset + outer * order->outer_stride + inner * order->inner_stride;
+}
+
+/* 2^x, inline so that the loops over channels stay vector loops (a call to the vector expf spills the states each
+ * step). 2^x = 2^i 2^f, i = rint(x), |f| <= 1/2, 2^f by its Taylor series to degree 7: relative error below 1e-8,
+ * under float32's rounding. x is clamped to [-126, 127]: 2^-126 is, to any state or gate, 0. */
+static inline float exp2_clamped(float x) {
+    x = x < -126.0f ? -126.0f : (x > 127.0f ? 127.0f : x);
+    const float i = rintf(x), f = x - i;
+    float p = 1.525273380405984e-5f;
+    p = p * f + 1.540353039338161e-4f;
+    p = p * f + 1.333355814642844e-3f;
+    p = p * f + 9.618129107628477e-3f;
+    p = p * f + 5.550410866482158e-2f;
+    p = p * f + 2.402265069591007e-1f;
+    p = p * f + 6.931471805599453e-1f;
+    p = p * f + 1.0f;
+    union { int32_t bits; float value; } scale = {.bits = ((int32_t)i + 127) << 23};
+    return p * scale.value;
+}
+
+static inline float softplus(float x) {
+    return x > 20.0f ? x : log1pf(expf(x)); /* torch's threshold */
+}
+
+static inline float silu(float x) {
+    return x / (1.0f + exp2_clamped(-x * LOG2E));
+}
+
+/* u_t = silu(bias + sum_j weight[j] x_{t - k + 1 + j}), x before the first step taken as 0; weight (d_inner, k). */
+int causal_conv1d_silu_forward(const float *x, const SequenceStrides *x_strides_, const float *weight,
+                               const float *bias, int64_t kernel, float *u, const SequenceStrides *u_strides_,
+                               const ScanOrder *order, int64_t batch, int64_t d_inner, int64_t first, int64_t last) {
+    if (kernel < 1 || kernel > MAX_KERNEL || first < 0 || last > d_inner) return 1;
+    const SequenceStrides x_strides = *x_strides_, u_strides = *u_strides_;
+    for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t c0 = first; c0 < last; c0 += WIDTH) {
+            const int64_t width = last - c0 < WIDTH ? last - c0 : WIDTH;
+            float w[MAX_KERNEL][WIDTH] = {{0.0f}}, window[MAX_KERNEL][WIDTH] = {{0.0f}}, shift[WIDTH] = {0.0f};
+            for (int64_t k = 0; k < width; ++k) {
+                for (int64_t j = 0; j < kernel; ++j) w[j][k] = weight[(c0 + k) * kernel + j];
+                shift[k] = bias ? bias[c0 + k] : 0.0f;
+            }
+            const float *x_b = x + b * x_strides.batch + c0;
+            float *u_b = u + b * u_strides.batch + c0;
+            for (int64_t t1 = 0; t1 < order->outer; ++t1) {
+                for (int64_t t2 = 0; t2 < order->inner; ++t2) {
+                    const int64_t p = position(order, t1, t2);
+                    const float *xt = x_b + p * x_strides.time;
+                    float *ut = u_b + p * u_strides.time;
+                    float sum[WIDTH];
+                    for (int64_t j = 0; j + 1 < kernel; ++j)
+#pragma omp simd
+                        for (int64_t k = 0; k < WIDTH; ++k) window[j][k] = window[j + 1][k];
+#pragma omp simd
+                    for (int64_t k = 0; k < width; ++k) window[kernel - 1][k] = xt[k];
+#pragma omp simd
+                    for (int64_t k = 0; k < WIDTH; ++k) sum[k] = shift[k];
+                    for (int64_t j = 0; j < kernel; ++j)
+#pragma omp simd
+                        for (int64_t k = 0; k < WIDTH; ++k) sum[k] += w[j][k] * window[j][k];
+#pragma omp simd
+                    for (int64_t k = 0; k < width; ++k) ut[k] = silu(sum[k]);
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* The scan; y is written (accumulate 0) or added to (accumulate 1, the second and third directions of a layer). */
+int selective_scan_forward(const float *u, const float *delta, const float *A, const float *B, const float *C,
+                           const float *D, const float *z, const float *delta_bias, int delta_softplus, float *y,
+                           int accumulate, float *last_state, const ScanStrides *strides, const ScanOrder *order,
+                           int64_t batch, int64_t d_inner, int64_t d_state, int64_t groups, int64_t first,
+                           int64_t last) {
+    if (d_state < 1 || d_state > MAX_STATE || groups < 1 || d_inner % groups || first < 0 || last > d_inner)
+        return 1;
+    const int64_t per_group = d_inner / groups;
+    const SequenceStrides u_strides = strides->u, delta_strides = strides->delta, z_strides = strides->z,
+                          y_strides = strides->y;
+    const StateStrides B_strides = strides->B, C_strides = strides->C;
+    for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t c0 = first; c0 < last;) {
+            const int64_t g = c0 / per_group, group_end = (g + 1) * per_group;
+            const int64_t end = c0 + WIDTH < last ? c0 + WIDTH : last;
+            const int64_t width = end < group_end ? end - c0 : group_end - c0;
+            float h[MAX_STATE][WIDTH] = {{0.0f}}, a[MAX_STATE][WIDTH] = {{0.0f}};
+            float bias[WIDTH] = {0.0f}, skip[WIDTH] = {0.0f};
+            float dt[WIDTH] = {0.0f}, dtx[WIDTH] = {0.0f}, out[WIDTH] = {0.0f}; /* lanes past width stay 0 */
+            for (int64_t k = 0; k < width; ++k) {
+                for (int64_t n = 0; n < d_state; ++n) a[n][k] = A[(c0 + k) * d_state + n] * LOG2E;
+                bias[k] = delta_bias ? delta_bias[c0 + k] : 0.0f;
+                skip[k] = D ? D[c0 + k] : 0.0f;
+            }
+            const float *u_b = u + b * u_strides.batch + c0;
+            const float *delta_b = delta + b * delta_strides.batch + c0;
+            const float *z_b = z ? z + b * z_strides.batch + c0 : 0;
+            float *y_b = y + b * y_strides.batch + c0;
+            const float *B_b = B + b * B_strides.batch + g * B_strides.group;
+            const float *C_b = C + b * C_strides.batch + g * C_strides.group;
+            for (int64_t t1 = 0; t1 < order->outer; ++t1) {
+                for (int64_t t2 = 0; t2 < order->inner; ++t2) {
+                    const int64_t p = position(order, t1, t2);
+                    const float *ut = u_b + p * u_strides.time, *dt_in = delta_b + p * delta_strides.time;
+                    const float *Bt = B_b + p * B_strides.time, *Ct = C_b + p * C_strides.time;
+#pragma omp simd
+                    for (int64_t k = 0; k < width; ++k) {
+                        const float step = dt_in[k] + bias[k];
+                        dt[k] = delta_softplus ? softplus(step) : step;
+                        dtx[k] = dt[k] * ut[k];
+                        out[k] = skip[k] * ut[k];
+                    }
+                    for (int64_t n = 0; n < d_state; ++n) {
+                        const float Bn = Bt[n * B_strides.state], Cn = Ct[n * C_strides.state];
+                        float *hn = h[n];
+                        const float *an = a[n];
+#pragma omp simd
+                        for (int64_t k = 0; k < WIDTH; ++k) {
+                            hn[k] = exp2_clamped(dt[k] * an[k]) * hn[k] + dtx[k] * Bn;
+                            out[k] += Cn * hn[k];
+                        }
+                    }
+                    if (z_b) {
+                        const float *zt = z_b + p * z_strides.time;
+#pragma omp simd
+                        for (int64_t k = 0; k < width; ++k) out[k] *= silu(zt[k]);
+                    }
+                    float *yt = y_b + p * y_strides.time;
+                    if (accumulate) {
+#pragma omp simd
+                        for (int64_t k = 0; k < width; ++k) yt[k] += out[k];
+                    } else {
+#pragma omp simd
+                        for (int64_t k = 0; k < width; ++k) yt[k] = out[k];
+                    }
+                }
+            }
+            if (last_state)
+                for (int64_t k = 0; k < width; ++k)
+                    for (int64_t n = 0; n < d_state; ++n)
+                        last_state[(b * d_inner + c0 + k) * d_state + n] = h[n][k];
+            c0 += width;
+        }
+    }
+    return 0;
+}
