@@ -20,6 +20,8 @@ from collections import defaultdict
 import torch
 import torch.nn as nn
 
+from custom_nets.handlers import StepInBackward
+
 from .memory import CpuPeakMeter, peak_meter, rss_bytes
 from .profile import forward_seconds_per_module, part_of, rss_peaks_per_phase, saved_tensor_bytes_per_module
 from .zoo import MAMBA_NETWORKS, TASKS, Task, build_network, count_parameters
@@ -86,6 +88,7 @@ def measure_train(
     amp: bool = True,
     seed: int = 0,
     phases: bool = False,
+    step_in_backward: bool = False,
 ) -> dict:
     """Peak memory and median time of one training step: forward, loss, backward, Adam step; batch 1.
 
@@ -94,6 +97,8 @@ def measure_train(
     Adam state and the batch (all in the RSS before the steps); on CUDA it is everything allocated.
     ``phases`` (CPU, ``repeats`` 1): the peak of each phase of the step as well (``forward and loss``,
     ``backward``, ``optimizer step``; ``profile.rss_peaks_per_phase``), whose largest is the step's peak.
+    ``step_in_backward``: Adam's update runs inside the backward pass, one parameter at a time
+    (``custom_nets.handlers.StepInBackward``, what the bundles do without AMP), so the ``backward`` phase includes it.
     """
     if phases and (torch.device(device).type != "cpu" or repeats != 1):
         raise ValueError("phases are measured on CPU over one step (repeats=1)")
@@ -105,6 +110,10 @@ def measure_train(
     loss_function = _loss(spec)
     image, label = _batch(spec, patch, device, seed)
     scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
+    if step_in_backward and scaler is not None:
+        raise ValueError("step_in_backward cannot run beside AMP's GradScaler: measure it with amp off")
+    in_backward = StepInBackward(optimizer, enabled=step_in_backward)
+    in_backward.start()
 
     def step(mark=lambda phase: None) -> None:
         with _autocast(device, amp):
@@ -140,8 +149,10 @@ def measure_train(
             _sync(device)
             times.append(time.perf_counter() - start)
         peak, measure, baseline = meter.stop(), meter.measure, meter.baseline
+    in_backward.stop()
     return _record(
         "train", network, spec, device, scan_backend, amp, patch=patch, parameters=count_parameters(net),
+        **({"step_in_backward": True} if step_in_backward else {}),
         peak_bytes=peak, peak_measure=measure, baseline_bytes=baseline,
         time_s=statistics.median(times), times_s=times, repeats=repeats, **extra,
     )

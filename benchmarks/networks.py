@@ -47,6 +47,9 @@ SECTIONS = ("train", "ablations", "modules", "infer", "window")
 QUICK_NETWORKS = ("segresmamba", "segresmamba_tom_recompute", "swinunetr", "segresnet", "segmamba")
 QUICK_WINDOW_NETWORKS = ("segresmamba", "segresnet", "segresmamba_bf16", "swinunetr", "segmamba")
 QUICK_PATCHES = (64, 96)
+# also measured with Adam's update inside the backward pass (what the bundles do without AMP), SwinUNETR included so
+# that the comparison with it can be made on equal terms
+QUICK_STEP_IN_BACKWARD = ("segresmamba", "segresmamba_tom_recompute", "swinunetr")
 
 
 def cpu_inference_backend() -> str:
@@ -60,12 +63,15 @@ def quick_plan(patches=QUICK_PATCHES, networks=None, repeats: int = 1, sections=
     SegResNet, training steps by patch, then the other windows. ``networks`` replaces both lists."""
     windows, train = [], []
     if "window" in sections:
+        # windows take seconds: three timed ones each, for a median
         windows = [{"kind": "window", "network": network, "task": "spleen", "patch": 96,
                     "scan_backend": cpu_inference_backend(),
-                    "repeats": repeats} for network in networks or QUICK_WINDOW_NETWORKS]
+                    "repeats": max(repeats, 3)} for network in networks or QUICK_WINDOW_NETWORKS]
     if "train" in sections:
         train = [{"kind": "train", "network": network, "task": "spleen", "patch": patch, "scan_backend": "torch",
-                  "repeats": repeats} for patch in patches for network in networks or QUICK_NETWORKS]
+                  "repeats": repeats, **variant} for patch in patches for network, variant in
+                 [(n, {}) for n in networks or QUICK_NETWORKS]
+                 + [(n, {"step_in_backward": True}) for n in QUICK_STEP_IN_BACKWARD if n in (networks or QUICK_NETWORKS)]]
     return windows[:2] + train + windows[2:]
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
@@ -140,7 +146,8 @@ def plan(
 
 def _identity(case: dict) -> tuple:
     backend = case.get("scan_backend") if case.get("network") in MAMBA_NETWORKS else None
-    return case["kind"], case["network"], backend, case.get("task", "spleen"), case.get("patch")
+    return (case["kind"], case["network"], backend, case.get("task", "spleen"), case.get("patch"),
+            bool(case.get("step_in_backward")))
 
 
 def _case_arguments(case: dict) -> list[str]:

@@ -159,7 +159,8 @@ def _order(record: dict) -> tuple:
 
 def _label(record: dict) -> str:
     backend = record.get("scan_backend")
-    return f"{record['network']} [{backend}]" if backend else record["network"]
+    label = f"{record['network']} [{backend}]" if backend else record["network"]
+    return label + (", step in backward" if record.get("step_in_backward") else "")
 
 
 def _group_key(record: dict) -> tuple:
@@ -169,8 +170,10 @@ def _group_key(record: dict) -> tuple:
 
 
 def _find(records: list[dict], network: str, key: tuple, backend: str | None) -> dict | None:
-    """The ok record of ``network`` in group ``key``; a Mamba reference prefers the same scan backend."""
-    found = [r for r in records if r["network"] == network and _group_key(r) == key and r.get("status") == "ok"]
+    """The ok record of ``network`` in group ``key``, with the optimizer stepped after backward (ratios are to the
+    references' usual step); a Mamba reference prefers the same scan backend."""
+    found = [r for r in records if r["network"] == network and _group_key(r) == key and r.get("status") == "ok"
+             and not r.get("step_in_backward")]
     same = [r for r in found if r.get("scan_backend") == backend]
     if same:
         return same[0]
@@ -247,6 +250,14 @@ def _module_lines(record: dict, top: int = 10) -> list[str]:
     return lines
 
 
+def _reference_stepped_in_backward(records: list[dict], record: dict, reference: str) -> dict | None:
+    """For a record with the step in backward, the reference's record of that kind, if measured."""
+    if not record.get("step_in_backward"):
+        return None
+    return next((r for r in records if r["network"] == reference and r.get("step_in_backward")
+                 and _group_key(r) == _group_key(record) and r.get("status") == "ok"), None)
+
+
 def _targets(records: list[dict], device: str) -> list[str]:
     lines, missed = [], set()
     for target_device, kind, task, patch, quantity, reference, bound in TARGETS:
@@ -268,6 +279,10 @@ def _targets(records: list[dict], device: str) -> list[str]:
             if verdict == "missed" and kind == "train":
                 missed.add(quantity)
             lines.append(f"- {where}, {_label(r)}: {what} / {reference} = {value:.2f} (target <= {bound}): {verdict}")
+            alike = _reference_stepped_in_backward(records, r, reference)
+            if alike is not None:
+                lines.append(f"  - against {_label(alike)} (the same step on both sides): "
+                             f"{r[quantity] / alike[quantity]:.2f}")
     if device == "cuda":
         for r in records:
             if (r["kind"], r["network"], r.get("task"), r.get("patch"), r.get("status")) == (
@@ -408,7 +423,9 @@ def render_markdown(results: dict) -> str:
             "",
             "The step's peak is the largest of its phases. `forward and loss` peaks where the activations kept for "
             "backward are all alive; `backward` adds the gradients (parameter gradients stay to the end) and each "
-            "layer's backward temporaries; `optimizer step` is Adam's update with every gradient alive.",
+            "layer's backward temporaries; `optimizer step` is Adam's update with every gradient alive. With the step in "
+            "backward (`StepInBackward`), each parameter's update runs in `backward` as soon as its gradient is "
+            "complete and the gradient is freed: `optimizer step` then does nothing.",
             "",
             f"| network | patch | {' | '.join(PHASES)} | step peak |",
             "|---|---|" + "---|" * (len(PHASES) + 1),

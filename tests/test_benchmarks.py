@@ -194,19 +194,33 @@ def test_sliding_windows_matches_monai():
 
 
 def test_plan_covers_the_issue():
-    from benchmarks.networks import plan
+    from benchmarks.networks import cpu_inference_backend, plan, quick_plan
 
     cpu = plan("cpu")
-    assert {c["scan_backend"] for c in cpu} == {"torch"}
+    assert {c["scan_backend"] for c in cpu if c["kind"] == "train"} == {"torch"}
+    assert {c["scan_backend"] for c in cpu if c["kind"] in ("infer", "window")} == {cpu_inference_backend()}
     assert {(c["network"], c["patch"]) for c in cpu if c["kind"] == "train"} >= {
         ("segresmamba", 96), ("swinunetr", 96), ("segmamba", 64), ("segresmamba_checkpointing", 64)
     }
     assert sum(c["kind"] == "infer" for c in cpu) == 6
     assert {c["network"] for c in cpu if c["kind"] == "window"} >= {"segresmamba", "segresnet", "swinunetr"}
+    stepped = {(c["network"], c["patch"]) for c in quick_plan() if c.get("step_in_backward")}
+    assert stepped == {(n, p) for n in ("segresmamba", "segresmamba_tom_recompute", "swinunetr") for p in (64, 96)}
     gpu = [c for c in plan("cuda") if c["kind"] == "train" and c["task"] == "btcv"]
     assert {(c["network"], c["scan_backend"]) for c in gpu} >= {
         ("segresmamba", "cuda"), ("segresmamba", "torch"), ("segmamba", "cuda"), ("swinunetr_no_checkpoint", "torch")
     }
+
+
+def test_a_training_step_with_the_update_in_backward_is_recorded_as_such():
+    from benchmarks.cases import run_case
+    from benchmarks.report import _label
+
+    case = {"kind": "train", "network": "unet", "patch": 32, "repeats": 1, "step_in_backward": True}
+    record = run_case(case, "cpu")
+    assert record["status"] == "ok", record
+    assert record["step_in_backward"] is True and _label(record) == "unet, step in backward"
+    assert "step_in_backward" not in run_case({**case, "step_in_backward": False}, "cpu")
 
 
 @pytest.mark.slow
