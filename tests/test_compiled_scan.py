@@ -76,6 +76,21 @@ def test_orders_of_the_steps_match_the_reordered_sequences(direction):
         torch.testing.assert_close(conv, expected_conv, rtol=1e-5, atol=1e-5)
 
 
+def test_time_steps_projected_inside_the_kernel_match_projected_ones():
+    inputs = make_inputs(d_inner=20, length=31, dtype=torch.float32)
+    low, weight = torch.randn(2, 3, 31), torch.randn(20, 3) * 0.3
+    delta = torch.einsum("dr,brl->bdl", weight, low)
+    expected = selective_scan_ref(**{n: t.double() for n, t in {**inputs, "delta": delta}.items()}, delta_softplus=True)
+    out = torch.empty(2, 31, 20).transpose(1, 2)
+    with torch.no_grad():
+        compiled_scan(inputs["u"], low, inputs["A"], inputs["B"], inputs["C"], inputs["D"], inputs["z"],
+                      inputs["delta_bias"], True, _scan_order("forward", (1, 1, 31)), out, delta_weight=weight)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+        with pytest.raises(ValueError, match="rank of 65"):
+            compiled_scan(inputs["u"], torch.randn(2, 65, 31), inputs["A"], inputs["B"], inputs["C"], None, None, None,
+                          True, _scan_order("forward", (1, 1, 31)), out, delta_weight=torch.randn(20, 65))
+
+
 @pytest.mark.parametrize("channels,spatial", [(12, (5, 6, 7)), (8, (4, 3, 9))])
 def test_tom_layer_gives_the_torch_path_results(channels, spatial):
     torch.manual_seed(0)

@@ -88,10 +88,9 @@ class DirectionalScan(nn.Module):
         ``accumulate``, added to) ``out``, ``(batch, d_inner, L)`` float32; ``workspace``, a float32 tensor like
         ``out``, takes the conv1d's output."""
         u = compiled_causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, order, workspace)
-        dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
-        compiled_scan(u, dt, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2), self.D, z,
-                      self.dt_proj.bias, True, order, out, accumulate=accumulate)
+        dt, B, C = self.x_proj(u.transpose(1, 2)).transpose(1, 2).split([self.dt_rank, self.d_state, self.d_state], 1)
+        compiled_scan(u, dt, -torch.exp(self.A_log.float()), B, C, self.D, z, self.dt_proj.bias, True, order, out,
+                      accumulate=accumulate, delta_weight=self.dt_proj.weight)  # dt_proj inside the kernel
 
 
 def _scan_order(direction: str, spatial: tuple[int, int, int]) -> ScanOrder:

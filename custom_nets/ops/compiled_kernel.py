@@ -73,7 +73,8 @@ def compiled_kernels() -> tuple[ctypes.CDLL | None, str]:
     pointer, size, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     order = ctypes.POINTER(ScanOrder)
     library.selective_scan_forward.argtypes = (
-        [pointer] * 8 + [flag, pointer, flag, pointer, ctypes.POINTER(ScanStrides), order] + [size] * 6
+        [pointer, pointer, pointer, size] + [pointer] * 6
+        + [flag, pointer, flag, pointer, ctypes.POINTER(ScanStrides), order] + [size] * 6
     )
     library.causal_conv1d_silu_forward.argtypes = (
         [pointer, ctypes.POINTER(SequenceStrides), pointer, pointer, size, pointer, ctypes.POINTER(SequenceStrides), order]

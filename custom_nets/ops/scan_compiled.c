@@ -1,7 +1,8 @@
 /* The forward passes of a Mamba direction on CPU, compiled on the machine that runs them, on first use
  * (compiled_kernel.py): the causal depthwise conv1d with its SiLU, and the selective scan
  *
- *     dt  = softplus(delta + delta_bias)          (bias and softplus optional)
+ *     dt  = softplus(delta + delta_bias)          (bias and softplus optional; delta = W delta_low when the
+ *                                                  time steps come as their low-rank projection, as in Mamba)
  *     h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t
  *     y_t = (<C_t, h_t> + D u_t) * silu(z_t)      (D and z optional)
  *
@@ -23,6 +24,7 @@
 #define WIDTH 16 /* channels side by side: one AVX-512 vector of float32 */
 #define MAX_STATE 64
 #define MAX_KERNEL 16
+#define MAX_RANK 64
 #define LOG2E 1.4426950408889634f
 
 typedef struct {
@@ -114,12 +116,16 @@ int causal_conv1d_silu_forward(const float *x, const SequenceStrides *x_strides_
 }
 
 /* The scan; y is written (accumulate 0) or added to (accumulate 1, the second and third directions of a layer). */
-int selective_scan_forward(const float *u, const float *delta, const float *A, const float *B, const float *C,
+/* delta_weight (d_inner, delta_rank), or NULL: then delta holds the time steps of every channel, else their
+ * low-rank form, (batch, L, delta_rank), projected here (the d_inner-wide time steps are never stored). */
+int selective_scan_forward(const float *u, const float *delta, const float *delta_weight, int64_t delta_rank,
+                           const float *A, const float *B, const float *C,
                            const float *D, const float *z, const float *delta_bias, int delta_softplus, float *y,
                            int accumulate, float *last_state, const ScanStrides *strides, const ScanOrder *order,
                            int64_t batch, int64_t d_inner, int64_t d_state, int64_t groups, int64_t first,
                            int64_t last) {
-    if (d_state < 1 || d_state > MAX_STATE || groups < 1 || d_inner % groups || first < 0 || last > d_inner)
+    if (d_state < 1 || d_state > MAX_STATE || groups < 1 || d_inner % groups || first < 0 || last > d_inner ||
+        (delta_weight && (delta_rank < 1 || delta_rank > MAX_RANK)))
         return 1;
     const int64_t per_group = d_inner / groups;
     const SequenceStrides u_strides = strides->u, delta_strides = strides->delta, z_strides = strides->z,
@@ -131,15 +137,16 @@ int selective_scan_forward(const float *u, const float *delta, const float *A, c
             const int64_t end = c0 + WIDTH < last ? c0 + WIDTH : last;
             const int64_t width = end < group_end ? end - c0 : group_end - c0;
             float h[MAX_STATE][WIDTH] = {{0.0f}}, a[MAX_STATE][WIDTH] = {{0.0f}};
-            float bias[WIDTH] = {0.0f}, skip[WIDTH] = {0.0f};
+            float bias[WIDTH] = {0.0f}, skip[WIDTH] = {0.0f}, w[MAX_RANK][WIDTH] = {{0.0f}};
             float dt[WIDTH] = {0.0f}, dtx[WIDTH] = {0.0f}, out[WIDTH] = {0.0f}; /* lanes past width stay 0 */
             for (int64_t k = 0; k < width; ++k) {
                 for (int64_t n = 0; n < d_state; ++n) a[n][k] = A[(c0 + k) * d_state + n] * LOG2E;
                 bias[k] = delta_bias ? delta_bias[c0 + k] : 0.0f;
                 skip[k] = D ? D[c0 + k] : 0.0f;
+                for (int64_t r = 0; delta_weight && r < delta_rank; ++r) w[r][k] = delta_weight[(c0 + k) * delta_rank + r];
             }
             const float *u_b = u + b * u_strides.batch + c0;
-            const float *delta_b = delta + b * delta_strides.batch + c0;
+            const float *delta_b = delta + b * delta_strides.batch + (delta_weight ? 0 : c0);
             const float *z_b = z ? z + b * z_strides.batch + c0 : 0;
             float *y_b = y + b * y_strides.batch + c0;
             const float *B_b = B + b * B_strides.batch + g * B_strides.group;
@@ -149,10 +156,26 @@ int selective_scan_forward(const float *u, const float *delta, const float *A, c
                     const int64_t p = position(order, t1, t2);
                     const float *ut = u_b + p * u_strides.time, *dt_in = delta_b + p * delta_strides.time;
                     const float *Bt = B_b + p * B_strides.time, *Ct = C_b + p * C_strides.time;
+                    if (delta_weight) {
+                        float step[WIDTH];
+#pragma omp simd
+                        for (int64_t k = 0; k < WIDTH; ++k) step[k] = bias[k];
+                        for (int64_t r = 0; r < delta_rank; ++r) {
+                            const float low = dt_in[r];
+#pragma omp simd
+                            for (int64_t k = 0; k < WIDTH; ++k) step[k] += w[r][k] * low;
+                        }
+#pragma omp simd
+                        for (int64_t k = 0; k < width; ++k) dt[k] = delta_softplus ? softplus(step[k]) : step[k];
+                    } else {
+#pragma omp simd
+                        for (int64_t k = 0; k < width; ++k) {
+                            const float step = dt_in[k] + bias[k];
+                            dt[k] = delta_softplus ? softplus(step) : step;
+                        }
+                    }
 #pragma omp simd
                     for (int64_t k = 0; k < width; ++k) {
-                        const float step = dt_in[k] + bias[k];
-                        dt[k] = delta_softplus ? softplus(step) : step;
                         dtx[k] = dt[k] * ut[k];
                         out[k] = skip[k] * ut[k];
                     }

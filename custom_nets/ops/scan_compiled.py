@@ -53,29 +53,35 @@ def compiled_selective_scan(
 
 
 def compiled_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, order: ScanOrder, out: torch.Tensor,
-                  accumulate: bool = False, return_last_state: bool = False) -> torch.Tensor | None:
+                  accumulate: bool = False, return_last_state: bool = False,
+                  delta_weight: torch.Tensor | None = None) -> torch.Tensor | None:
     """The selective scan with ``selective_scan``'s arguments, its steps taken in ``order``, written into ``out``
     (``(batch, d_inner, L)`` float32, channel stride 1; ``accumulate``: added to it). Inputs other than float32 are
     converted. Returns the last state ``(batch, d_inner, d_state)`` if asked for, else ``None``.
+
+    ``delta_weight`` ``(d_inner, rank)``: ``delta`` is the time steps' low-rank form ``(batch, rank, L)``, projected
+    by it step by step inside the kernel (Mamba's ``dt_proj`` without its bias), so that the ``(batch, d_inner, L)``
+    time steps are never stored.
 
     Raises:
         RuntimeError: a gradient would be needed (this backend has no backward pass).
         ValueError: shapes the kernel cannot take (d_state above 64, groups that do not divide d_inner).
     """
-    _refuse_gradients(u, delta, A, B, C, D, z, delta_bias)
+    _refuse_gradients(u, delta, A, B, C, D, z, delta_bias, delta_weight)
     batch, d_inner, _ = u.shape
     u, delta, z = (_time_major(t) for t in (u, delta, z))
     B, C = (_float32(t.unsqueeze(1) if t.dim() == 3 else t) for t in (B, C))
-    A, D, delta_bias = (_float32(t, contiguous=True) for t in (A, D, delta_bias))
-    d_state = A.shape[1]
+    A, D, delta_bias, delta_weight = (_float32(t, contiguous=True) for t in (A, D, delta_bias, delta_weight))
+    d_state, rank = A.shape[1], 0 if delta_weight is None else delta_weight.shape[1]
     last = torch.empty(batch, d_inner, d_state) if return_last_state else None
     strides = ScanStrides(_sequence(u), _sequence(delta), _sequence(z), _sequence(out), _state(B), _state(C))
-    arguments = [_address(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
+    arguments = [_address(u), _address(delta), _address(delta_weight), rank]
+    arguments += [_address(t) for t in (A, B, C, D, z, delta_bias)]
     arguments += [int(delta_softplus), _address(out), int(accumulate), _address(last), ctypes.byref(strides),
                   ctypes.byref(order), batch, d_inner, d_state, B.shape[1]]
     if _by_channels(compiled_kernels()[0].selective_scan_forward, arguments, d_inner):
-        raise ValueError(f"scan backend 'compiled' cannot take d_state={d_state} (1 to 64) or groups={B.shape[1]} "
-                         f"for d_inner={d_inner}")
+        raise ValueError(f"scan backend 'compiled' cannot take d_state={d_state} (1 to 64), groups={B.shape[1]} "
+                         f"for d_inner={d_inner} or a time-step rank of {rank} (1 to 64)")
     return last
 
 
