@@ -168,3 +168,26 @@ def test_conv1d_and_scan_refuse_what_the_kernels_cannot_take():
     inputs = make_inputs(d_state=65, dtype=torch.float32)
     with torch.no_grad(), pytest.raises(ValueError, match="d_state=65"):
         selective_scan(**inputs, backend="compiled")
+
+
+def test_a_forked_child_runs_the_kernels_on_threads_of_its_own():
+    """A process forked after the kernels' threads started (a DataLoader worker) gets none of them: it must start its
+    own rather than wait on threads that do not exist in it."""
+    import multiprocessing
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # one part per thread of the two vectors of channels below (with one, no threads)
+    try:
+        inputs = make_inputs(d_inner=40, dtype=torch.float32)
+        with torch.no_grad():
+            expected = selective_scan(**inputs, delta_softplus=True, backend="compiled")
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            got = pool.apply_async(_scan_in_child, (inputs,)).get(timeout=60)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def _scan_in_child(inputs):
+    with torch.no_grad():
+        return selective_scan(**inputs, delta_softplus=True, backend="compiled")

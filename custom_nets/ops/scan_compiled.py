@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -150,7 +151,8 @@ def _by_channels(function, arguments: list, channels: int) -> bool:
     parts = _channel_ranges(channels, torch.get_num_threads())
     if len(parts) == 1:
         return bool(function(*arguments, *parts[0]))
-    return any(list(_pool(len(parts)).map(lambda part: function(*arguments, *part), parts)))
+    pool = _pool(len(parts), os.getpid())
+    return any(list(pool.map(lambda part: function(*arguments, *part), parts)))
 
 
 def _channel_ranges(channels: int, threads: int) -> list[tuple[int, int]]:
@@ -162,5 +164,7 @@ def _channel_ranges(channels: int, threads: int) -> list[tuple[int, int]]:
 
 
 @functools.lru_cache(maxsize=None)
-def _pool(threads: int) -> ThreadPoolExecutor:
+def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """Threads for the kernels, per process: a child forked after they started (a DataLoader worker) has none of
+    them, and makes its own."""
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="segresmamba-scan")
