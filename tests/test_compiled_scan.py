@@ -6,6 +6,7 @@ import tempfile
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from custom_nets.blocks import DIRECTIONS, TriOrientedMamba
 from custom_nets.blocks.tom import _from_order, _scan_order, _to_order
@@ -74,6 +75,17 @@ def test_orders_of_the_steps_match_the_reordered_sequences(direction):
         expected_conv = _from_order(causal_conv1d(ordered["u"], weight, bias), direction, spatial)
         conv = compiled_causal_conv1d(inputs["u"], weight, bias, _scan_order(direction, spatial), torch.empty_like(out))
         torch.testing.assert_close(conv, expected_conv, rtol=1e-5, atol=1e-5)
+
+
+def test_time_steps_through_softplus_to_float32_precision():
+    """One step with B = C = u = 1 and no skip term returns the time step itself: softplus, computed inline (its
+    exp from 2^(x log2 e), whose float32 argument is rounded: a few 1e-6 relative where x is large)."""
+    delta = torch.linspace(-30, 30, 961).reshape(1, 961, 1)
+    ones = torch.ones(1, 1, 1)
+    with torch.no_grad():
+        out = selective_scan(torch.ones_like(delta), delta, -torch.ones(961, 1), ones, ones, delta_softplus=True,
+                             backend="compiled")
+    torch.testing.assert_close(out.double(), F.softplus(delta.double()), rtol=4e-6, atol=1e-30)
 
 
 def test_time_steps_projected_inside_the_kernel_match_projected_ones():
