@@ -80,7 +80,6 @@ class DirectionalScan(nn.Module):
                 delta_softplus=True, backend=backend,
             )
 
-
     def forward_in_order(self, x: torch.Tensor, z: torch.Tensor, order: ScanOrder, out: torch.Tensor,
                          accumulate: bool, workspace: torch.Tensor) -> None:
         """``forward`` by the compiled kernels (backend ``"compiled"``, no gradients), the steps taken in ``order``
@@ -142,6 +141,10 @@ class TriOrientedMamba(nn.Module):
             direction at a time, so the intermediates of one direction, not of three, are alive at once. Costs one
             more forward pass of the layer, and the norm and the projections run once per direction; same results
             up to float rounding (the three projected directions are summed instead of projecting their sum).
+
+    With the ``"compiled"`` backend (CPU, no gradients: what ``"auto"`` takes for inference) the layer keeps one
+    raster-ordered copy of its sequences, and each direction's conv1d and scan take the tokens in that direction's
+    order where they are (``_scan_order``), adding into one output buffer.
 
     Shapes: ``(batch, C, D, H, W) -> (batch, C, D, H, W)``.
     """
