@@ -68,10 +68,11 @@ def quick_plan(patches=QUICK_PATCHES, networks=None, repeats: int = 1, sections=
                     "scan_backend": cpu_inference_backend(),
                     "repeats": max(repeats, 3)} for network in networks or QUICK_WINDOW_NETWORKS]
     if "train" in sections:
+        chosen = networks or QUICK_NETWORKS
+        variants = [(n, {}) for n in chosen] + [(n, {"step_in_backward": True}) for n in QUICK_STEP_IN_BACKWARD
+                                                if n in chosen]
         train = [{"kind": "train", "network": network, "task": "spleen", "patch": patch, "scan_backend": "torch",
-                  "repeats": repeats, **variant} for patch in patches for network, variant in
-                 [(n, {}) for n in networks or QUICK_NETWORKS]
-                 + [(n, {"step_in_backward": True}) for n in QUICK_STEP_IN_BACKWARD if n in (networks or QUICK_NETWORKS)]]
+                  "repeats": repeats, **variant} for patch in patches for network, variant in variants]
     return windows[:2] + train + windows[2:]
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 

@@ -27,7 +27,7 @@ def test_the_same_weights_as_stepping_after_backward(optimizer):
     batches = [torch.randn(2, 1, 6, 6, 6, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     reference, fused = small_model(), small_model()
     expected_optimizer, fused_optimizer = two_groups(reference, optimizer), two_groups(fused, optimizer)
-    schedulers = [torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5) for o in (expected_optimizer, fused_optimizer)]
+    schedulers = [torch.optim.lr_scheduler.StepLR(o, 2, gamma=0.5) for o in (expected_optimizer, fused_optimizer)]
     for x in batches:
         expected_optimizer.zero_grad(set_to_none=True)
         reference(x).square().mean().backward()
@@ -49,12 +49,12 @@ def test_the_same_weights_as_stepping_after_backward(optimizer):
 def test_one_gradient_is_alive_at_a_time():
     model = small_model()
     optimizer = torch.optim.Adam(model.parameters())
-    alive = []
-    for p in model.parameters():  # registered first, so it runs before the step's hook
-        p.register_post_accumulate_grad_hook(lambda _: alive.append(sum(q.grad is not None for q in model.parameters())))
+    alive, params = [], list(model.parameters())
+    for p in params:  # registered first, so it runs before the step's hook
+        p.register_post_accumulate_grad_hook(lambda _: alive.append(sum(q.grad is not None for q in params)))
     with StepInBackward(optimizer):
         model(torch.randn(1, 1, 6, 6, 6)).sum().backward()
-    assert alive == [1] * len(list(model.parameters()))
+    assert alive == [1] * len(params)
     model(torch.randn(1, 1, 6, 6, 6)).sum().backward()  # hooks removed on exit: gradients stay
     assert all(p.grad is not None for p in model.parameters())
 

@@ -1,5 +1,5 @@
-"""The CPU kernels in C (``scan_compiled.c``: a Mamba direction's causal conv1d and selective scan): compiled with this machine's C compiler on first use, cached, and
-loaded with ctypes.
+"""The CPU kernels in C (``scan_compiled.c``: a Mamba direction's causal conv1d and selective scan): compiled with
+this machine's C compiler on first use, cached, and loaded with ctypes.
 
 It is compiled here, not shipped, so that it can use every vector instruction of the CPU that runs it
 (``-march=native``) and so that ``pip install`` needs no compiler. The library is kept in a cache folder
@@ -76,9 +76,9 @@ def compiled_kernels() -> tuple[ctypes.CDLL | None, str]:
         [pointer, pointer, pointer, size] + [pointer] * 6
         + [flag, pointer, flag, pointer, ctypes.POINTER(ScanStrides), order] + [size] * 6
     )
+    sequence = ctypes.POINTER(SequenceStrides)
     library.causal_conv1d_silu_forward.argtypes = (
-        [pointer, ctypes.POINTER(SequenceStrides), pointer, pointer, size, pointer, ctypes.POINTER(SequenceStrides), order]
-        + [size] * 4
+        [pointer, sequence, pointer, pointer, size, pointer, sequence, order] + [size] * 4
     )
     for function in (library.selective_scan_forward, library.causal_conv1d_silu_forward):
         function.restype = ctypes.c_int

@@ -12,8 +12,8 @@ Backends (``BACKENDS``, each a function with ``selective_scan``'s arguments and 
     pass is ``scan_cpu``). Keeps one state per segment for backward. Tuning: ``max_chunk``, ``segment_elements``,
     ``block_elements``.
     ``"cuda"``: mamba-ssm's fused kernel (``scan_cuda``), for CUDA tensors when it is installed.
-    ``"compiled"``: the forward pass in C (``scan_compiled``), compiled on this machine on first use (``compiled_kernel``),
-    for CPU tensors without gradients: inference.
+    ``"compiled"``: the forward pass in C (``scan_compiled``), compiled on this machine on first use
+    (``compiled_kernel``), for CPU tensors without gradients: inference.
     ``"static"``: control flow that depends on shapes only, for tracing exporters such as ONNX (``scan_static``).
     Tuning: ``chunk``, ``chunk_elements``.
     ``"reference"``: the recurrence one step at a time (``scan_ref``), what the others are tested against.

@@ -136,7 +136,7 @@ def _sequence(t: torch.Tensor | None) -> SequenceStrides:
     if t is None:
         return SequenceStrides(0, 0)
     if t.stride(1) != 1 and t.shape[1] > 1:
-        raise ValueError(f"the compiled kernels write time-major sequences (channel stride 1), got strides {t.stride()}")
+        raise ValueError(f"the compiled kernels write time-major sequences (channel stride 1), got {t.stride()}")
     return SequenceStrides(t.stride(0), t.stride(2))
 
 
