@@ -15,11 +15,13 @@
  * all float32. Step t of the sequence is the token at position
  * offset + (t / inner) * outer_stride + (t % inner) * inner_stride of the tensors (ScanOrder), so that one layout in
  * memory serves every direction of a ToM layer without reordering copies: raster order, its reverse, and depth
- * fastest. One call covers the channels [first, last) of every batch element; the caller splits the channels
- * between threads (calls on disjoint channels are independent). Each returns 0, or 1 for arguments it cannot take.
+ * fastest. One call of the scan covers the channels [first, last) of every batch element, one call of the conv1d
+ * the steps [first, last); the caller splits them between threads (calls on disjoint parts are independent). Each
+ * returns 0, 1 for arguments it cannot take, or 2 where memory for its constants cannot be had.
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define WIDTH 16 /* channels side by side: one AVX-512 vector of float32 */
 #define MAX_STATE 64
@@ -86,48 +88,57 @@ static inline float silu(float x) {
     return x / (1.0f + exp2_clamped(-x * LOG2E));
 }
 
-/* u_t = silu(bias + sum_j weight[j] x_{t - k + 1 + j}), x before the first step taken as 0; weight (d_inner, k). */
+/* u_t = silu(bias + sum_j weight[j] x_{t - k + 1 + j}), x before the first step taken as 0; weight (d_inner, k).
+ * Token by token, each over all channels at once: the k input rows a step reads are the rows the steps before it
+ * read, still in cache. The steps are independent (the inputs are given), so one call covers the steps
+ * [first, last) of the order, and the caller splits them between threads. */
 int causal_conv1d_silu_forward(const float *x, const SequenceStrides *x_strides_, const float *weight,
                                const float *bias, int64_t kernel, float *u, const SequenceStrides *u_strides_,
-                               const ScanOrder *order, int64_t batch, int64_t d_inner, int64_t first, int64_t last) {
-    if (kernel < 1 || kernel > MAX_KERNEL || first < 0 || last > d_inner) return 1;
+                               const ScanOrder *order, int64_t batch, int64_t channels, int64_t first, int64_t last) {
+    const int64_t length = order->outer * order->inner;
+    if (kernel < 1 || kernel > MAX_KERNEL || first < 0 || last > length || channels < 1) return 1;
     const SequenceStrides x_strides = *x_strides_, u_strides = *u_strides_;
+    float *taps = malloc(sizeof(float) * (kernel + 1) * channels);
+    if (!taps) return 2;
+    float *w[MAX_KERNEL], *shift = taps + kernel * channels; /* w[j]: the tap on step t - j, for every channel */
+    for (int64_t j = 0; j < kernel; ++j) w[j] = taps + j * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+        for (int64_t j = 0; j < kernel; ++j) w[j][c] = weight[c * kernel + kernel - 1 - j];
+        shift[c] = bias ? bias[c] : 0.0f;
+    }
     for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t c0 = first; c0 < last; c0 += WIDTH) {
-            const int64_t width = last - c0 < WIDTH ? last - c0 : WIDTH;
-            float w[MAX_KERNEL][WIDTH] = {{0.0f}}, window[MAX_KERNEL][WIDTH] = {{0.0f}}, shift[WIDTH] = {0.0f};
-            for (int64_t k = 0; k < width; ++k) {
-                for (int64_t j = 0; j < kernel; ++j) w[j][k] = weight[(c0 + k) * kernel + j];
-                shift[k] = bias ? bias[c0 + k] : 0.0f;
+        const float *x_b = x + b * x_strides.batch;
+        float *u_b = u + b * u_strides.batch;
+        const float *rows[MAX_KERNEL]; /* rows[j]: the input row of step t - j, NULL before the first step */
+        for (int64_t j = 1; j < kernel; ++j) {
+            const int64_t step = first - j;
+            rows[j - 1] = step < 0 ? 0 : x_b + position(order, step / order->inner, step % order->inner) *
+                                                   x_strides.time;
+        }
+        for (int64_t t = first, t1 = first / order->inner, t2 = first % order->inner; t < last; ++t) {
+            const int64_t p = position(order, t1, t2);
+            if (++t2 == order->inner) {
+                t2 = 0;
+                ++t1;
             }
-            const float *x_b = x + b * x_strides.batch + c0;
-            float *u_b = u + b * u_strides.batch + c0;
-            for (int64_t t1 = 0; t1 < order->outer; ++t1) {
-                for (int64_t t2 = 0; t2 < order->inner; ++t2) {
-                    const int64_t p = position(order, t1, t2);
-                    const float *xt = x_b + p * x_strides.time;
-                    float *ut = u_b + p * u_strides.time;
-                    float sum[WIDTH];
-                    for (int64_t j = 0; j + 1 < kernel; ++j)
+            for (int64_t j = kernel - 1; j > 0; --j) rows[j] = rows[j - 1];
+            rows[0] = x_b + p * x_strides.time;
+            float *ut = u_b + p * u_strides.time;
 #pragma omp simd
-                        for (int64_t k = 0; k < WIDTH; ++k) window[j][k] = window[j + 1][k];
+            for (int64_t c = 0; c < channels; ++c) ut[c] = shift[c] + w[0][c] * rows[0][c];
+            for (int64_t j = 1; j < kernel && rows[j]; ++j) {
+                const float *row = rows[j], *tap = w[j];
 #pragma omp simd
-                    for (int64_t k = 0; k < width; ++k) window[kernel - 1][k] = xt[k];
-#pragma omp simd
-                    for (int64_t k = 0; k < WIDTH; ++k) sum[k] = shift[k];
-                    for (int64_t j = 0; j < kernel; ++j)
-#pragma omp simd
-                        for (int64_t k = 0; k < WIDTH; ++k) sum[k] += w[j][k] * window[j][k];
-#pragma omp simd
-                    for (int64_t k = 0; k < width; ++k) ut[k] = silu(sum[k]);
-                }
+                for (int64_t c = 0; c < channels; ++c) ut[c] += tap[c] * row[c];
             }
+#pragma omp simd
+            for (int64_t c = 0; c < channels; ++c) ut[c] = silu(ut[c]);
         }
     }
+    free(taps);
     return 0;
 }
 
-/* The scan; y is written (accumulate 0) or added to (accumulate 1, the second and third directions of a layer). */
 /* delta_weight (d_inner, delta_rank), or NULL: then delta holds the time steps of every channel, else their
  * low-rank form, (batch, L, delta_rank), projected here (the d_inner-wide time steps are never stored). */
 int selective_scan_forward(const float *u, const float *delta, const float *delta_weight, int64_t delta_rank,

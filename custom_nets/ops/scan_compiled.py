@@ -22,7 +22,7 @@ from .compiled_kernel import ScanOrder, ScanStrides, SequenceStrides, StateStrid
 
 __all__ = ["ScanOrder", "compiled_causal_conv1d", "compiled_scan", "compiled_selective_scan", "raster_order"]
 
-WIDTH = 16  # channels per vector in the kernels: threads take whole groups of them
+WIDTH = 16  # channels per vector in the scan kernel: threads take whole groups of them
 
 
 def raster_order(length: int) -> ScanOrder:
@@ -80,7 +80,7 @@ def compiled_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, ord
     arguments += [_address(t) for t in (A, B, C, D, z, delta_bias)]
     arguments += [int(delta_softplus), _address(out), int(accumulate), _address(last), ctypes.byref(strides),
                   ctypes.byref(order), batch, d_inner, d_state, B.shape[1]]
-    if _by_channels(compiled_kernels()[0].selective_scan_forward, arguments, d_inner):
+    if _in_parts(compiled_kernels()[0].selective_scan_forward, arguments, _ranges(d_inner, WIDTH)):
         raise ValueError(f"scan backend 'compiled' cannot take d_state={d_state} (1 to 64), groups={B.shape[1]} "
                          f"for d_inner={d_inner} or a time-step rank of {rank} (1 to 64)")
     return last
@@ -101,7 +101,11 @@ def compiled_causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     x_strides, out_strides = _sequence(x), _sequence(out)
     arguments = [x.data_ptr(), ctypes.byref(x_strides), weight.data_ptr(), _address(bias), weight.shape[1],
                  out.data_ptr(), ctypes.byref(out_strides), ctypes.byref(order), batch, channels]
-    if _by_channels(compiled_kernels()[0].causal_conv1d_silu_forward, arguments, channels):
+    steps = order.outer * order.inner
+    failed = _in_parts(compiled_kernels()[0].causal_conv1d_silu_forward, arguments, _ranges(steps, 1))
+    if failed == 2:
+        raise MemoryError("scan backend 'compiled': no memory for the conv1d's weights")
+    if failed:
         raise ValueError(f"scan backend 'compiled' takes conv1d kernels of 1 to 16 steps, got {weight.shape[1]}")
     return out
 
@@ -145,21 +149,21 @@ def _state(t: torch.Tensor) -> StateStrides:
     return StateStrides(t.stride(0), t.stride(1), t.stride(3), t.stride(2))
 
 
-def _by_channels(function, arguments: list, channels: int) -> bool:
-    """Run a kernel over all channels, split between torch's threads in whole vectors; whether any part failed.
-    ctypes lets go of the GIL during each call, so the parts run side by side."""
-    parts = _channel_ranges(channels, torch.get_num_threads())
+def _in_parts(function, arguments: list, parts: list[tuple[int, int]]) -> int:
+    """Run a kernel on each ``[first, last)`` part, side by side on threads (ctypes lets go of the GIL during each
+    call); the largest failure code of the parts (0: none failed)."""
     if len(parts) == 1:
-        return bool(function(*arguments, *parts[0]))
+        return function(*arguments, *parts[0])
     pool = _pool(len(parts), os.getpid())
-    return any(list(pool.map(lambda part: function(*arguments, *part), parts)))
+    return max(pool.map(lambda part: function(*arguments, *part), parts))
 
 
-def _channel_ranges(channels: int, threads: int) -> list[tuple[int, int]]:
-    """``[first, last)`` channel ranges, one per thread, in whole vectors of ``WIDTH`` channels."""
-    vectors = -(-channels // WIDTH)
-    threads = max(1, min(threads, vectors))
-    bounds = [min(channels, round(vectors * i / threads) * WIDTH) for i in range(threads + 1)]
+def _ranges(size: int, unit: int) -> list[tuple[int, int]]:
+    """``[first, last)`` ranges of ``range(size)``, one per torch thread, in whole multiples of ``unit`` (the
+    scan's vectors of channels)."""
+    units = -(-size // unit)
+    threads = max(1, min(torch.get_num_threads(), units))
+    bounds = [min(size, round(units * i / threads) * unit) for i in range(threads + 1)]
     return [(first, last) for first, last in zip(bounds, bounds[1:]) if last > first]
 
 
