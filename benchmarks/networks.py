@@ -299,8 +299,8 @@ def run(
         if crop:
             notes.append(f"CPU inference on a centre crop of at most {crop} voxels per axis of the CT, for time.")
         if quick:
-            notes.append(f"Quick run (`--quick`): {repeats} timed step(s) or window(s) per case after a warm-up, so "
-                         "times are single measurements; ratios compare cases of this run.")
+            notes.append(f"Quick run (`--quick`): {repeats} timed training step(s) per case and {max(repeats, 3)} "
+                         "timed windows (their median), each case after a warm-up; ratios compare cases of this run.")
     else:
         torch.backends.cudnn.benchmark = True  # as the Model Zoo bundles train; its autotuning runs in the warm-up
         notes.append("cudnn.benchmark on, as in the Model Zoo bundles (autotuning happens in the warm-up step).")
