@@ -47,9 +47,10 @@ SECTIONS = ("train", "ablations", "modules", "infer", "window")
 QUICK_NETWORKS = ("segresmamba", "segresmamba_tom_recompute", "swinunetr", "segresnet", "segmamba")
 QUICK_WINDOW_NETWORKS = ("segresmamba", "segresnet", "segresmamba_bf16", "swinunetr", "segmamba")
 QUICK_PATCHES = (64, 96)
-# also measured with Adam's update inside the backward pass (what the bundles do without AMP), SwinUNETR included so
-# that the comparison with it can be made on equal terms
-QUICK_STEP_IN_BACKWARD = ("segresmamba", "segresmamba_tom_recompute", "swinunetr")
+# also measured with Adam's update inside the backward pass (what the bundles do without AMP). SwinUNETR's is left
+# out to keep the run under 30 minutes: measured once (7a33948), the zoo's SwinUNETR peaks before most of its
+# gradients exist, and its peaks were the same with it
+QUICK_STEP_IN_BACKWARD = ("segresmamba", "segresmamba_tom_recompute")
 
 
 def cpu_inference_backend() -> str:
