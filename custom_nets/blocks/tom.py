@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import BACKENDS, causal_conv1d, resolve_backend, selective_scan
-from ..ops.scan_compiled import ScanOrder, compiled_causal_conv1d, compiled_scan
+from ..ops.scan_compiled import ScanOrder, compiled_causal_conv1d, compiled_scan, raster_order
 
 __all__ = ["DirectionalScan", "TriOrientedMamba", "DIRECTIONS"]
 
@@ -98,7 +98,7 @@ def _scan_order(direction: str, spatial: tuple[int, int, int]) -> ScanOrder:
     depth, height, width = spatial
     length = depth * height * width
     if direction == "forward":
-        return ScanOrder(1, length, 0, 1, 0)
+        return raster_order(length)
     if direction == "reverse":
         return ScanOrder(1, length, 0, -1, length - 1)
     return ScanOrder(height * width, depth, 1, height * width, 0)  # for every in-plane position, every slice

@@ -89,7 +89,7 @@ def compiled_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, ord
 def compiled_causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, order: ScanOrder,
                            out: torch.Tensor) -> torch.Tensor:
     """``causal_conv1d`` (``silu(conv1d(x))``, causal in ``order``) into ``out``; ``x``, ``out``: ``(batch, channels,
-    L)``, any strides (``out`` float32); ``weight``: ``(channels, 1, k)``. Returns ``out``.
+    L)``, ``out`` float32 with a channel stride of 1; ``weight``: ``(channels, 1, k)``. Returns ``out``.
 
     Raises:
         RuntimeError: a gradient would be needed. ValueError: a kernel wider than 16.
@@ -125,10 +125,8 @@ def _float32(t: torch.Tensor | None, contiguous: bool = False) -> torch.Tensor |
 
 def _time_major(t: torch.Tensor | None) -> torch.Tensor | None:
     """``(batch, channels, L)`` in float32 with a channel stride of 1 (what the kernels read), copied only if needed."""
-    if t is None:
-        return None
-    t = t.float()
-    return t if t.stride(1) == 1 else t.transpose(1, 2).contiguous().transpose(1, 2)
+    t = _float32(t)
+    return t if t is None or t.stride(1) == 1 else t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def _address(t: torch.Tensor | None) -> int | None:
