@@ -98,12 +98,14 @@ def resample_nearest(values: np.ndarray, affine: np.ndarray, shape, target_affin
 
 
 def train(bundle, work: Path, epochs: int, num_samples: int | None = None, resume: bool = False,
-          prompt_any_structure: float = 0.0, deepgrow_probability: float | None = None) -> Path:
+          prompt_any_structure: float = 0.0, deepgrow_probability: float | None = None,
+          prompt_structures: int | None = None) -> Path:
     """The bundle trained on the shipped abdominal CT with its own train.json (``num_samples``: crops per epoch, by
     default the bundle's; ``resume``: go on from the training checkpoint in ``work`` up to ``epochs``;
     ``prompt_any_structure``: the share of crops whose target is any TotalSegmentator structure, picked at random,
-    see ``custom_nets.interactive.PromptAnyStructured``; ``deepgrow_probability``: the share of iterations with
-    simulated clicks, by default the bundle's); returns the weights file. Validation takes the bundle's labels."""
+    see ``custom_nets.interactive.PromptAnyStructured``; ``prompt_structures``: how many structures such a crop
+    takes, by default the bundle's; ``deepgrow_probability``: the share of iterations with simulated clicks, by
+    default the bundle's); returns the weights file. Validation takes the bundle's labels."""
     import nibabel as nib
     from monai.bundle import run as run_bundle
 
@@ -117,7 +119,8 @@ def train(bundle, work: Path, epochs: int, num_samples: int | None = None, resum
         "training": [{"image": str(TRAIN_CT), "label": str(work / "train_label.nii.gz")}],
         "validation": [{"image": str(TRAIN_CT), "label": str(work / "val_label.nii.gz")}],
     }))
-    options = {"num_samples": num_samples, "deepgrow_probability_train": deepgrow_probability}
+    options = {"num_samples": num_samples, "deepgrow_probability_train": deepgrow_probability,
+               "prompt_structures": prompt_structures}
     run_bundle(
         "training", config_file=[str(bundle.config_file("train"))], bundle_root=str(work), datalist_file=str(datalist),
         epochs=epochs, val_interval=epochs, num_workers=0, cache_rate=1.0, resume=resume,
@@ -154,7 +157,8 @@ def noc_curve(pipeline, label: str, truth: np.ndarray, max_clicks: int) -> list[
 
 def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int = 80, num_samples: int | None = None,
         out: str | None = None, weights: str | None = None, work: str | None = None, resume: bool = False,
-        prompt_any_structure: float = 0.0, deepgrow_probability: float | None = None) -> dict:
+        prompt_any_structure: float = 0.0, deepgrow_probability: float | None = None,
+        prompt_structures: int | None = None) -> dict:
     """Train (unless ``weights`` are given) and measure Dice against clicks; see the module's docstring and
     ``train`` for the options."""
     import torch
@@ -166,6 +170,7 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int = 80, n
     num_samples = Nullable(Number(int, 0, low_open=True)).parse("--num_samples", num_samples)
     prompt_any_structure = Number(float, 0, 1).parse("--prompt_any_structure", prompt_any_structure)
     deepgrow_probability = Nullable(Number(float, 0, 1)).parse("--deepgrow_probability", deepgrow_probability)
+    prompt_structures = Nullable(Number(int, 1)).parse("--prompt_structures", prompt_structures)
     resume = Flag().parse("--resume", resume)
     chosen = find_bundle(bundle)
     out_dir = Path(out) if out else OUT
@@ -173,7 +178,7 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int = 80, n
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     trained = Path(weights) if weights else train(chosen, work, epochs, num_samples, resume, prompt_any_structure,
-                                                  deepgrow_probability)
+                                                  deepgrow_probability, prompt_structures)
     train_s = time.perf_counter() - started
     pipeline = InferencePipeline(chosen, torch.device("cpu"), weights=trained)
     pipeline.set_window_progress(False)
@@ -191,6 +196,8 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int = 80, n
                   "epochs": epochs if not weights else None, "seconds": round(train_s, 1) if not weights else None,
                   "num_samples": num_samples or chosen.parser("train")["num_samples"], "resumed": resume,
                   "prompt_any_structure": prompt_any_structure,
+                  "prompt_structures": chosen.parser("train").get("prompt_structures", 1)
+                  if prompt_structures is None else prompt_structures,
                   "deepgrow_probability": chosen.parser("train")["deepgrow_probability_train"]
                   if deepgrow_probability is None else deepgrow_probability},
         "test": {"image": str(TEST_CT.relative_to(ROOT)), "labels": str(TEST_LABELS.relative_to(ROOT)),
@@ -212,7 +219,8 @@ def save(results: dict, folder: Path) -> None:
              f"Trained on `{results['train']['image']}` ({results['train']['epochs']} epochs of "
              f"{results['train']['num_samples']} crops, "
              f"{results['train']['seconds']} s{' for the resumed part' if results['train'].get('resumed') else ''}; "
-             f"any-structure prompts in {results['train'].get('prompt_any_structure', 0.0):.0%} of the crops, "
+             f"any-structure prompts in {results['train'].get('prompt_any_structure', 0.0):.0%} of the crops "
+             f"(up to {results['train'].get('prompt_structures', 1)} structures each), "
              f"simulated clicks in {results['train'].get('deepgrow_probability', 0.5):.0%} of the iterations), "
              f"evaluated on `{results['test']['image']}`; {results['protocol']}.", "",
              "| organ | " + " | ".join(f"{c} clicks" for c in CLICKS) + " |",

@@ -86,7 +86,7 @@ def test_click_guided_bundle_is_its_plain_bundle_with_guidance(name):
         ours, plain = config(name, file), config(PLAIN[name], file)
         added = set(ours) - set(plain)
         assert added <= {"label_names", "guidance_sigma", "deepgrow_probability_train", "deepgrow_probability_val",
-                         "prompt_any_structure"}
+                         "prompt_any_structure", "prompt_structures"}
         same = {key for key in plain if key not in ("imports", "network_def", "train", "validate", "preprocessing",
                                                     "loss")}
         assert {key: ours[key] for key in same} == {key: plain[key] for key in same}, file
@@ -189,6 +189,35 @@ def test_prompt_any_structure_picks_structures_as_targets_at_its_rate():
         PromptAnyStructured("label", names, prob=1.5)
 
 
+def test_prompt_any_structure_gives_several_structures_labels_picked_at_random():
+    from custom_nets.interactive import PromptAnyStructured
+
+    label = np.zeros((1, 20, 20, 20), dtype=np.float32)
+    label[0, :4] = 1  # the model's spleen
+    label[0, 5:9] = 102  # three other structures
+    label[0, 10:14] = 103
+    label[0, 15:19] = 104
+    names = {"spleen": 1, "liver": 2, "stomach": 3, "background": 0}
+    transform = PromptAnyStructured("label", names, prob=1.0, structures=3)
+    transform.set_random_state(0)
+    spleen_took = set()
+    for _ in range(100):
+        out = transform({"label": label})["label"][0]
+        slabs = [out[a:b] for a, b in ((0, 4), (5, 9), (10, 14), (15, 19))]
+        taken = [np.unique(slab) for slab in slabs]
+        assert all(len(values) == 1 for values in taken)  # a structure is taken whole, or not at all
+        values = [int(values[0]) for values in taken if values[0] != 0]
+        assert sorted(values) == [1, 2, 3]  # three structures, each under a label of its own
+        spleen_took.add(int(taken[0][0]))
+    assert spleen_took == {0, 1, 2, 3}  # the model's spleen too takes any label, or none
+    # never more structures than the model has foreground labels
+    out = PromptAnyStructured("label", names, prob=1.0, structures=10)({"label": label})["label"]
+    assert sorted(np.unique(out).astype(int).tolist()) == [0, 1, 2, 3]
+    for wrong in (0, 1.5, True):
+        with pytest.raises(ValueError, match="structures"):
+            PromptAnyStructured("label", names, prob=1.0, structures=wrong)
+
+
 def test_click_benchmark_keeps_other_structures_above_the_bundles_labels():
     from benchmarks.clicks import TRAIN_LABELS, bundle_label_map
 
@@ -201,12 +230,12 @@ def test_click_benchmark_keeps_other_structures_above_the_bundles_labels():
     assert len(others) > 20 and (100 + 1) not in others  # the spleen (TotalSegmentator's 1) is the bundle's, not other
 
 
-
 @pytest.mark.parametrize("option, value, words", [
     ("epochs", "$__import__('os').getpid()", "--epochs: expected a positive int"),
     ("num_samples", "@network_def", "--num_samples: expected a positive int"),
     ("prompt_any_structure", 1.5, "--prompt_any_structure: expected a number in [0, 1]"),
     ("deepgrow_probability", "%train.json#lr", "--deepgrow_probability: expected a number in [0, 1]"),
+    ("prompt_structures", "$print(1)", "--prompt_structures: expected a finite number >= 1"),
     ("resume", "true", "--resume: expected true or false"),
 ])
 def test_click_benchmark_parses_its_options_before_they_reach_the_bundle(option, value, words, tmp_path):
@@ -217,6 +246,7 @@ def test_click_benchmark_parses_its_options_before_they_reach_the_bundle(option,
         run(**{option: value}, work=str(tmp_path / "work"), out=str(tmp_path / "out"))
     assert words in str(refused.value)
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
 
 def test_next_click_is_the_centre_of_the_largest_error_region():
     truth = np.zeros((20, 20, 20), dtype=bool)
