@@ -290,21 +290,28 @@ def test_nonfinite_voxels_are_refused(server, tmp_path, temp_unchanged):
 def test_server_answers_while_inferences_run_and_the_queue_is_bounded(server):
     """Four inferences at once against a queue of two: two run (one at a time), two get 503 with Retry-After, and
     /info, the datastore and the training status answer within 2 s all the while."""
+    def timed(function, *args, **kwargs):
+        answer = function(*args, **kwargs)
+        return answer, time.monotonic()
+
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(infer, server, "ct", **JSON_OUT) for _ in range(4)]
-        latencies = []
+        futures = [pool.submit(timed, infer, server, "ct", **JSON_OUT) for _ in range(4)]
+        probes = []  # (latency, when it ended)
         while not all(f.done() for f in futures):
             for path in ("/info/", "/datastore/", "/train/"):
                 start = time.monotonic()
                 requests.get(f"{server.url}{path}", timeout=30)
-                latencies.append(time.monotonic() - start)
+                probes.append((time.monotonic() - start, time.monotonic()))
             time.sleep(0.2)
         answers = [f.result() for f in futures]
-    codes = sorted(a.status_code for a in answers)
-    assert codes == [200, 200, 503, 503], [a.text[:200] for a in answers]
-    busy = [a for a in answers if a.status_code == 503]
+    codes = sorted(a.status_code for a, _ in answers)
+    assert codes == [200, 200, 503, 503], [a.text[:200] for a, _ in answers]
+    busy = [a for a, _ in answers if a.status_code == 503]
     assert all(int(a.headers["Retry-After"]) >= 1 for a in busy)
-    assert len(latencies) >= 6 and max(latencies) < 2.0, latencies
+    last_inference_ended = max(ended for a, ended in answers if a.status_code == 200)
+    # however fast the inferences, each route answered at least once while one of them still ran
+    during = [latency for latency, ended in probes if ended < last_inference_ended]
+    assert len(during) >= 3 and max(latency for latency, _ in probes) < 2.0, probes
 
 
 # ---------------------------------------------------------------------------------------------- 7. admin routes
