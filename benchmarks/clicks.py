@@ -180,6 +180,7 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int = 80, n
     trained = Path(weights) if weights else train(chosen, work, epochs, num_samples, resume, prompt_any_structure,
                                                   deepgrow_probability, prompt_structures)
     train_s = time.perf_counter() - started
+    train_config = chosen.parser("train")
     pipeline = InferencePipeline(chosen, torch.device("cpu"), weights=trained)
     pipeline.set_window_progress(False)
     probe = pipeline(str(TEST_CT))
@@ -194,11 +195,11 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int = 80, n
         "bundle": chosen.name,
         "train": {"image": str(TRAIN_CT.relative_to(ROOT)), "labels": str(TRAIN_LABELS.relative_to(ROOT)),
                   "epochs": epochs if not weights else None, "seconds": round(train_s, 1) if not weights else None,
-                  "num_samples": num_samples or chosen.parser("train")["num_samples"], "resumed": resume,
+                  "num_samples": num_samples or train_config["num_samples"], "resumed": resume,
                   "prompt_any_structure": prompt_any_structure,
-                  "prompt_structures": chosen.parser("train").get("prompt_structures", 1)
+                  "prompt_structures": train_config.get("prompt_structures", 1)
                   if prompt_structures is None else prompt_structures,
-                  "deepgrow_probability": chosen.parser("train")["deepgrow_probability_train"]
+                  "deepgrow_probability": train_config["deepgrow_probability_train"]
                   if deepgrow_probability is None else deepgrow_probability},
         "test": {"image": str(TEST_CT.relative_to(ROOT)), "labels": str(TEST_LABELS.relative_to(ROOT)),
                  "voxels_per_organ": {organ: int((truth == chosen.click_labels[organ]).sum()) for organ in organs}},

@@ -153,14 +153,19 @@ def transient_phases() -> dict[str, dict]:
     return {p["phase"]: p for p in rss_peaks_per_phase(net, step, depth=1)}
 
 
-def test_rss_peaks_per_phase_finds_the_phase_of_a_transient():
-    # in a process of its own with freed memory going back to the OS, as benchmarks.memory runs the profile: in
-    # the pytest process, blocks freed by earlier tests can serve the transients without the RSS moving
-    script = "import json, sys; sys.path[:0] = ['tests', '.']; import test_benchmarks as t; print(json.dumps(t.transient_phases()))"
+def in_memory_process(function: str):
+    """``function()`` of this module run in a process of its own with freed memory going back to the OS, as
+    benchmarks.memory measures: in the pytest process, blocks freed by earlier tests can serve an allocation without
+    the RSS moving. Its JSON result."""
+    script = f"import json, sys; sys.path[:0] = ['tests', '.']; import test_benchmarks as t; print(json.dumps(t.{function}()))"
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    phases = json.loads(run.stdout.splitlines()[-1])
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+def test_rss_peaks_per_phase_finds_the_phase_of_a_transient():
+    phases = in_memory_process("transient_phases")
     mib = 2**20
     assert phases["forward 1 end"]["transient"] >= 44 * mib and phases["forward 3 end"]["transient"] >= 92 * mib
     assert phases["backward 3 end"]["transient"] >= 92 * mib and phases["backward 1 end"]["transient"] >= 44 * mib
@@ -179,13 +184,7 @@ def freed_allocation_peak() -> int:
 
 
 def test_cpu_peak_meter_sees_a_freed_allocation():
-    # in a process of its own, as the meter is meant to run: in the pytest process, memory freed by earlier tests
-    # and still resident can serve the block without the RSS moving
-    script = "import sys; sys.path[:0] = ['tests', '.']; import test_benchmarks as t; print(t.freed_allocation_peak())"
-    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert int(run.stdout.splitlines()[-1]) >= 60 * 2**20
+    assert in_memory_process("freed_allocation_peak") >= 60 * 2**20
 
 
 def test_sliding_windows_matches_monai():

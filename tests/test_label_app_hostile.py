@@ -301,7 +301,8 @@ def test_server_answers_while_inferences_run_and_the_queue_is_bounded(server):
             for path in ("/info/", "/datastore/", "/train/"):
                 start = time.monotonic()
                 requests.get(f"{server.url}{path}", timeout=30)
-                probes.append((time.monotonic() - start, time.monotonic()))
+                ended = time.monotonic()
+                probes.append((ended - start, ended))
             time.sleep(0.2)
         answers = [f.result() for f in futures]
     codes = sorted(a.status_code for a, _ in answers)
