@@ -13,6 +13,9 @@ protocol: start without clicks, then click at the centre of the largest error re
 where it was wrongly added), clicks accumulating; Dice after 0, 1, 3, 5 and 10 clicks. The labels are
 TotalSegmentator's (a model's, not an expert's): Dice here is agreement with that model.
 
+``run --weights=model.pt`` measures weights trained elsewhere instead; the training options are refused beside it
+(the record names the weights, not a recipe this run did not follow).
+
 ``latency`` times one click-guided inference of the whole shipped CT through the MONAI Label app, as 3D Slicer
 sends it (``MONAILabelClient.infer`` with a spleen click), the bundle's trained weights from ``run`` when they are
 there (the time does not depend on the weights' values).
@@ -34,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import environment, write_atomic
-from custom_nets.bundle.options import Flag, Nullable, Number
+from custom_nets.bundle.options import Flag, Nullable, Number, ValueRejected
 from custom_nets.io.atomic import atomic_output
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +158,7 @@ def noc_curve(pipeline, label: str, truth: np.ndarray, max_clicks: int) -> list[
     return curve
 
 
-def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int = 80, num_samples: int | None = None,
+def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int | None = None, num_samples: int | None = None,
         out: str | None = None, weights: str | None = None, work: str | None = None, resume: bool = False,
         prompt_any_structure: float = 0.0, deepgrow_probability: float | None = None,
         prompt_structures: int | None = None) -> dict:
@@ -166,18 +169,25 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int = 80, n
     from custom_nets.bundle import InferencePipeline, find_bundle
 
     # they become overrides of the bundle's train.json, which evaluates strings: parsed into their types first
-    epochs = Number(int, 0, low_open=True).parse("--epochs", epochs)
+    epochs = Nullable(Number(int, 0, low_open=True)).parse("--epochs", epochs)
     num_samples = Nullable(Number(int, 0, low_open=True)).parse("--num_samples", num_samples)
     prompt_any_structure = Number(float, 0, 1).parse("--prompt_any_structure", prompt_any_structure)
     deepgrow_probability = Nullable(Number(float, 0, 1)).parse("--deepgrow_probability", deepgrow_probability)
     prompt_structures = Nullable(Number(int, 1)).parse("--prompt_structures", prompt_structures)
     resume = Flag().parse("--resume", resume)
+    if weights:
+        recipe = {"--epochs": epochs, "--num_samples": num_samples, "--resume": resume,
+                  "--prompt_any_structure": prompt_any_structure, "--deepgrow_probability": deepgrow_probability,
+                  "--prompt_structures": prompt_structures}
+        given = [flag for flag, value in recipe.items() if value]
+        if given:
+            raise ValueRejected("--weights", "no training options beside it (nothing is trained)", given)
     chosen = find_bundle(bundle)
     out_dir = Path(out) if out else OUT
     work = Path(work).resolve() if work else WORK / chosen.name  # the datalist lists paths inside it
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    trained = Path(weights) if weights else train(chosen, work, epochs, num_samples, resume, prompt_any_structure,
+    trained = Path(weights) if weights else train(chosen, work, epochs or 80, num_samples, resume, prompt_any_structure,
                                                   deepgrow_probability, prompt_structures)
     train_s = time.perf_counter() - started
     train_config = chosen.parser("train")
@@ -193,8 +203,11 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int = 80, n
     results = {
         "environment": environment("cpu"),
         "bundle": chosen.name,
+        # weights trained elsewhere: their recipe is not this run's to record
         "train": {"image": str(TRAIN_CT.relative_to(ROOT)), "labels": str(TRAIN_LABELS.relative_to(ROOT)),
-                  "epochs": epochs if not weights else None, "seconds": round(train_s, 1) if not weights else None,
+                  "weights": str(weights)} if weights else
+                 {"image": str(TRAIN_CT.relative_to(ROOT)), "labels": str(TRAIN_LABELS.relative_to(ROOT)),
+                  "epochs": epochs or 80, "seconds": round(train_s, 1),
                   "num_samples": num_samples or train_config["num_samples"], "resumed": resume,
                   "prompt_any_structure": prompt_any_structure,
                   "prompt_structures": train_config.get("prompt_structures", 1)
@@ -216,14 +229,17 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int = 80, n
 def save(results: dict, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / "results.json", json.dumps(results, indent=2))
+    trained = results["train"]
+    if "weights" in trained:
+        origin = f"Weights `{trained['weights']}`, trained outside this run (their recipe is not recorded here)"
+    else:
+        origin = (f"Trained on `{trained['image']}` ({trained['epochs']} epochs of {trained['num_samples']} crops, "
+                  f"{trained['seconds']} s{' for the resumed part' if trained.get('resumed') else ''}; "
+                  f"any-structure prompts in {trained.get('prompt_any_structure', 0.0):.0%} of the crops "
+                  f"(up to {trained.get('prompt_structures', 1)} structures each), "
+                  f"simulated clicks in {trained.get('deepgrow_probability', 0.5):.0%} of the iterations)")
     lines = [f"# Dice against clicks: {results['bundle']}", "",
-             f"Trained on `{results['train']['image']}` ({results['train']['epochs']} epochs of "
-             f"{results['train']['num_samples']} crops, "
-             f"{results['train']['seconds']} s{' for the resumed part' if results['train'].get('resumed') else ''}; "
-             f"any-structure prompts in {results['train'].get('prompt_any_structure', 0.0):.0%} of the crops "
-             f"(up to {results['train'].get('prompt_structures', 1)} structures each), "
-             f"simulated clicks in {results['train'].get('deepgrow_probability', 0.5):.0%} of the iterations), "
-             f"evaluated on `{results['test']['image']}`; {results['protocol']}.", "",
+             f"{origin}, evaluated on `{results['test']['image']}`; {results['protocol']}.", "",
              "| organ | " + " | ".join(f"{c} clicks" for c in CLICKS) + " |",
              "|---|" + "---:|" * len(CLICKS)]
     for organ, dice in results["dice"].items():

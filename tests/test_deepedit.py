@@ -248,6 +248,36 @@ def test_click_benchmark_parses_its_options_before_they_reach_the_bundle(option,
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
 
 
+def test_click_benchmark_with_given_weights_refuses_training_options(tmp_path):
+    from benchmarks.clicks import run
+    from custom_nets.bundle.options import ValueRejected
+
+    with pytest.raises(ValueRejected) as refused:
+        run(weights=str(tmp_path / "model.pt"), prompt_structures=13, epochs=1556, out=str(tmp_path / "out"))
+    assert "--weights: expected no training options beside it" in str(refused.value)
+    assert "--epochs" in str(refused.value) and "--prompt_structures" in str(refused.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_click_benchmark_record_of_given_weights_claims_no_recipe(tmp_path):
+    from benchmarks.clicks import save
+
+    curve = [{"clicks": c, "dice": 0.1 * c / 10} for c in range(11)]
+    results = {"bundle": "b", "protocol": "NoC",
+               "train": {"image": "a.nii.gz", "labels": "l.nii.gz", "weights": "outputs/epoch1556.pt"},
+               "test": {"image": "dicom"}, "dice": {"spleen": {str(c): 0.01 * c for c in (0, 1, 3, 5, 10)}},
+               "curves": {"spleen": curve}}
+    save(results, tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "Weights `outputs/epoch1556.pt`, trained outside this run" in text
+    assert "epochs" not in text and "prompts" not in text and "simulated clicks" not in text
+    trained = {**results["train"], "epochs": 80, "seconds": 1.0, "num_samples": 2, "prompt_structures": 13}
+    trained.pop("weights")
+    save({**results, "train": trained}, tmp_path)
+    assert "(80 epochs of 2 crops, 1.0 s; any-structure prompts in 0% of the crops (up to 13 structures each)" in (
+        tmp_path / "results.md").read_text()
+
+
 def test_next_click_is_the_centre_of_the_largest_error_region():
     truth = np.zeros((20, 20, 20), dtype=bool)
     truth[2:13, 2:13, 2:13] = True  # 11^3 missed entirely: centre (7, 7, 7)
