@@ -48,6 +48,7 @@ TEST_LABELS = ROOT / "data" / "totalseg_ct_dicom" / "example_seg_dicom_total_v2.
 OUT = ROOT / "benchmarks" / "results" / "clicks"
 WORK = ROOT / "outputs" / "clicks"  # the training's datalist, label, checkpoints and weights (not committed)
 CLICKS = (0, 1, 3, 5, 10)
+DEFAULT_EPOCHS = 80
 # the bundles' (BTCV's) organ names -> TotalSegmentator's
 TOTALSEG_NAMES = {
     "spleen": "spleen",
@@ -187,7 +188,8 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int | None 
     work = Path(work).resolve() if work else WORK / chosen.name  # the datalist lists paths inside it
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    trained = Path(weights) if weights else train(chosen, work, epochs or 80, num_samples, resume, prompt_any_structure,
+    epochs = epochs or DEFAULT_EPOCHS
+    trained = Path(weights) if weights else train(chosen, work, epochs, num_samples, resume, prompt_any_structure,
                                                   deepgrow_probability, prompt_structures)
     train_s = time.perf_counter() - started
     train_config = chosen.parser("train")
@@ -200,14 +202,13 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int | None 
     organs = [name for name, value in chosen.click_labels.items()
               if value and (truth == value).any() and (train_truth == value).any()]
     curves = {organ: noc_curve(pipeline, organ, truth == chosen.click_labels[organ], max(CLICKS)) for organ in organs}
+    trained_on = {"image": str(TRAIN_CT.relative_to(ROOT)), "labels": str(TRAIN_LABELS.relative_to(ROOT))}
     results = {
         "environment": environment("cpu"),
         "bundle": chosen.name,
         # weights trained elsewhere: their recipe is not this run's to record
-        "train": {"image": str(TRAIN_CT.relative_to(ROOT)), "labels": str(TRAIN_LABELS.relative_to(ROOT)),
-                  "weights": str(weights)} if weights else
-                 {"image": str(TRAIN_CT.relative_to(ROOT)), "labels": str(TRAIN_LABELS.relative_to(ROOT)),
-                  "epochs": epochs or 80, "seconds": round(train_s, 1),
+        "train": {**trained_on, "weights": str(weights)} if weights else
+                 {**trained_on, "epochs": epochs, "seconds": round(train_s, 1),
                   "num_samples": num_samples or train_config["num_samples"], "resumed": resume,
                   "prompt_any_structure": prompt_any_structure,
                   "prompt_structures": train_config.get("prompt_structures", 1)

@@ -4,12 +4,16 @@ runs themselves are in test_bundles.py."""
 from __future__ import annotations
 
 import ctypes
+import os
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+import custom_nets.bundle.distributed as distributed
 from custom_nets.bundle.distributed import wait_until_threads_park
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads are read from Linux's /proc")
@@ -92,16 +96,11 @@ def test_a_ddp_run_on_gloo_ends_without_abort_while_its_workers_lag(tmp_path):
     """The abort this module prevents, provoked: gloo's workers at the lowest priority beside a busy process on the
     ranks' one core. Without ``end_process_group``'s wait, 4 runs in 5 of this aborted (SIGABRT, "terminate called
     without an active exception") when it was written; with it, none in 10."""
-    import os
-    import subprocess
-    from pathlib import Path
-
-    import custom_nets.bundle.distributed as distributed
-
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
     core = min(os.sched_getaffinity(0))
-    competitor = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{core}}})\nwhile 1: pass"])
+    busy = f"import os; os.sched_setaffinity(0, {{{core}}})\nwhile 1: pass"
+    competitor = subprocess.Popen([sys.executable, "-c", busy])
     try:
         torchrun = str(Path(sys.executable).with_name("torchrun"))
         done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), distributed.__file__],
