@@ -86,14 +86,14 @@ def test_click_guided_bundle_is_its_plain_bundle_with_guidance(name):
         ours, plain = config(name, file), config(PLAIN[name], file)
         added = set(ours) - set(plain)
         assert added <= {"label_names", "guidance_sigma", "deepgrow_probability_train", "deepgrow_probability_val",
-                         "prompt_any_structure", "prompt_structures"}
+                         "prompt_any_structure", "prompt_structures", "crop_ratios"}
         same = {key for key in plain if key not in ("imports", "network_def", "train", "validate", "preprocessing",
                                                     "loss")}
         assert {key: ours[key] for key in same} == {key: plain[key] for key in same}, file
         assert {**ours["network_def"], "in_channels": 1} == plain["network_def"]
-        if "loss" in plain:  # the plain bundle's, or for many organs DiceCELoss, Dice over the batch, no smoothing
-            multi_organ = {"_target_": "DiceCELoss", "batch": True, "smooth_nr": 0.0} if name.startswith("btcv") else {}
-            assert ours["loss"] == {**plain["loss"], **multi_organ}
+        if "loss" in plain:  # the plain bundle's, or for many organs Dice over the batch, no smoothing, plus focal
+            multi_organ = {"_target_": "DiceFocalLoss", "batch": True, "smooth_nr": 0.0, "gamma": 2.0}
+            assert ours["loss"] == {**plain["loss"], **(multi_organ if name.startswith("btcv") else {})}
     train = config(name, "train.json")
     assert train["train"]["trainer"]["iteration_update"] == "@train#interaction"
     assert train["train"]["interaction"]["_target_"] == "monai.apps.deepedit.interaction.Interaction"
@@ -101,6 +101,10 @@ def test_click_guided_bundle_is_its_plain_bundle_with_guidance(name):
     # structures picked as targets only where a run asks for them; before the crop, which then finds them
     assert train["prompt_any_structure"] == 0.0
     assert train["train"]["random_transforms"][0]["_target_"] == "custom_nets.interactive.PromptAnyStructured"
+    crop = next(t for t in train["train"]["random_transforms"] if t["_target_"].startswith("RandCropBy"))
+    if name.startswith("btcv"):  # for many organs, crop centres by label class: small organs as often as the liver
+        assert crop["_target_"] == "RandCropByLabelClassesd" and crop["ratios"] == "@crop_ratios"
+        assert train["crop_ratios"] is None and crop["num_classes"] == "@network_def#out_channels"
 
 
 def test_parse_clicks_accepts_voxel_indices_of_known_labels():
