@@ -133,6 +133,17 @@ def train(bundle, work: Path, epochs: int, num_samples: int | None = None, resum
     return work / "models" / "model.pt"
 
 
+def crop_recipe(train_config) -> dict:
+    """The training crop of a bundle's parsed ``train.json``: its transform and how it picks crop centres (``pos`` and
+    ``neg``, or ``ratios`` by label class, ``None`` meaning every class present alike)."""
+    for index, transform in enumerate(train_config["train#random_transforms"]):
+        target = transform.get("_target_", "") if isinstance(transform, dict) else ""
+        if target.startswith("RandCropBy"):
+            return {"transform": target, **{key: train_config.get_parsed_content(f"train#random_transforms#{index}#{key}")
+                                            for key in ("pos", "neg", "ratios") if key in transform}}
+    return {"transform": None}
+
+
 def noc_curve(pipeline, label: str, truth: np.ndarray, max_clicks: int) -> list[dict]:
     """Dice of ``label`` after 0..``max_clicks`` NoC clicks on the test CT (see the module's docstring)."""
     from custom_nets.interactive import next_click
@@ -168,6 +179,7 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int | None 
     import torch
 
     from custom_nets.bundle import InferencePipeline, find_bundle
+    from custom_nets.handlers.training_checkpoint import training_progress
 
     # they become overrides of the bundle's train.json, which evaluates strings: parsed into their types first
     epochs = Nullable(Number(int, 0, low_open=True)).parse("--epochs", epochs)
@@ -187,8 +199,10 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int | None 
     out_dir = Path(out) if out else OUT
     work = Path(work).resolve() if work else WORK / chosen.name  # the datalist lists paths inside it
     work.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     epochs = epochs or DEFAULT_EPOCHS
+    # a resumed run's recipe (this one's options, the bundle's crop) holds from the checkpoint's epoch on only
+    resumed_from = training_progress(work / "models" / "checkpoint.pt")[0] if resume and not weights else None
+    started = time.perf_counter()
     trained = Path(weights) if weights else train(chosen, work, epochs, num_samples, resume, prompt_any_structure,
                                                   deepgrow_probability, prompt_structures)
     train_s = time.perf_counter() - started
@@ -209,7 +223,8 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int | None 
         # weights trained elsewhere: their recipe is not this run's to record
         "train": {**trained_on, "weights": str(weights)} if weights else
                  {**trained_on, "epochs": epochs, "seconds": round(train_s, 1),
-                  "num_samples": num_samples or train_config["num_samples"], "resumed": resume,
+                  "num_samples": num_samples or train_config["num_samples"], "resumed_from_epoch": resumed_from,
+                  "crop": crop_recipe(train_config),
                   "prompt_any_structure": prompt_any_structure,
                   "prompt_structures": train_config.get("prompt_structures", 1)
                   if prompt_structures is None else prompt_structures,
@@ -234,8 +249,15 @@ def save(results: dict, folder: Path) -> None:
     if "weights" in trained:
         origin = f"Weights `{trained['weights']}`, trained outside this run (their recipe is not recorded here)"
     else:
-        origin = (f"Trained on `{trained['image']}` ({trained['epochs']} epochs of {trained['num_samples']} crops, "
-                  f"{trained['seconds']} s{' for the resumed part' if trained.get('resumed') else ''}; "
+        resumed_from = trained.get("resumed_from_epoch")
+        span = (f"epochs {resumed_from + 1} to {trained['epochs']} (resumed from a checkpoint of epoch {resumed_from}, "
+                f"whose earlier recipe is not recorded here)" if resumed_from is not None else f"{trained['epochs']} epochs")
+        crop = trained.get("crop", {})
+        centres = ("crop centres by label class, " + ("every class alike" if crop.get("ratios") is None
+                                                       else f"ratios {crop['ratios']}") + "; "
+                   if crop.get("transform") == "RandCropByLabelClassesd" else "")
+        origin = (f"Trained on `{trained['image']}` ({span} of {trained['num_samples']} crops, "
+                  f"{trained['seconds']} s{' for the resumed part' if resumed_from is not None or trained.get('resumed') else ''}; {centres}"
                   f"any-structure prompts in {trained.get('prompt_any_structure', 0.0):.0%} of the crops "
                   f"(up to {trained.get('prompt_structures', 1)} structures each), "
                   f"simulated clicks in {trained.get('deepgrow_probability', 0.5):.0%} of the iterations)")
