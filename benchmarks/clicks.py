@@ -187,7 +187,7 @@ def run(bundle: str = "spleen_ct_segresmamba_deepedit_fast", epochs: int | None 
     prompt_any_structure = Number(float, 0, 1).parse("--prompt_any_structure", prompt_any_structure)
     deepgrow_probability = Nullable(Number(float, 0, 1)).parse("--deepgrow_probability", deepgrow_probability)
     prompt_structures = Nullable(Number(int, 1)).parse("--prompt_structures", prompt_structures)
-    resume = Flag().parse("--resume", resume)
+    resume = Flag(strings=True).parse("--resume", resume)  # fire passes "--resume true" on as a string
     if weights:
         recipe = {"--epochs": epochs, "--num_samples": num_samples, "--resume": resume,
                   "--prompt_any_structure": prompt_any_structure, "--deepgrow_probability": deepgrow_probability,

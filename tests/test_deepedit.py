@@ -240,7 +240,7 @@ def test_click_benchmark_keeps_other_structures_above_the_bundles_labels():
     ("prompt_any_structure", 1.5, "--prompt_any_structure: expected a number in [0, 1]"),
     ("deepgrow_probability", "%train.json#lr", "--deepgrow_probability: expected a number in [0, 1]"),
     ("prompt_structures", "$print(1)", "--prompt_structures: expected a finite number >= 1"),
-    ("resume", "true", "--resume: expected true or false"),
+    ("resume", "yes", "--resume: expected true or false"),
 ])
 def test_click_benchmark_parses_its_options_before_they_reach_the_bundle(option, value, words, tmp_path):
     from benchmarks.clicks import run
@@ -257,9 +257,10 @@ def test_click_benchmark_with_given_weights_refuses_training_options(tmp_path):
     from custom_nets.bundle.options import ValueRejected
 
     with pytest.raises(ValueRejected) as refused:
-        run(weights=str(tmp_path / "model.pt"), prompt_structures=13, epochs=1556, out=str(tmp_path / "out"))
+        run(weights=str(tmp_path / "model.pt"), prompt_structures=13, epochs=1556, resume="true",
+            out=str(tmp_path / "out"))
     assert "--weights: expected no training options beside it" in str(refused.value)
-    assert "--epochs" in str(refused.value) and "--prompt_structures" in str(refused.value)
+    assert all(flag in str(refused.value) for flag in ("--epochs", "--prompt_structures", "--resume"))
     assert not (tmp_path / "out").exists()
 
 
@@ -280,6 +281,22 @@ def test_click_benchmark_record_of_given_weights_claims_no_recipe(tmp_path):
     save({**results, "train": trained}, tmp_path)
     assert "(80 epochs of 2 crops, 1.0 s; any-structure prompts in 0% of the crops (up to 13 structures each)" in (
         tmp_path / "results.md").read_text()
+    resumed = {**trained, "epochs": 2900, "resumed_from_epoch": 1758,
+               "crop": {"transform": "RandCropByLabelClassesd", "ratios": None}}
+    save({**results, "train": resumed}, tmp_path)
+    assert ("(epochs 1759 to 2900 (resumed from a checkpoint of epoch 1758, whose earlier recipe is not recorded "
+            "here) of 2 crops, 1.0 s for the resumed part; crop centres by label class, every class alike; "
+            "any-structure prompts") in (tmp_path / "results.md").read_text()
+
+
+def test_click_benchmark_records_the_bundles_training_crop():
+    from benchmarks.clicks import crop_recipe
+    from custom_nets.bundle import find_bundle
+
+    assert crop_recipe(find_bundle("btcv_ct_segresmamba_deepedit_fast").parser("train")) == {
+        "transform": "RandCropByLabelClassesd", "ratios": None}
+    assert crop_recipe(find_bundle("spleen_ct_segresmamba_deepedit_fast").parser("train")) == {
+        "transform": "RandCropByPosNegLabeld", "pos": 1, "neg": 1}
 
 
 def test_next_click_is_the_centre_of_the_largest_error_region():
